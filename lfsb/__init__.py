@@ -1,0 +1,1 @@
+"""lfsb: a backup server for SQLite databases replicated by LiteFS."""
