@@ -132,3 +132,31 @@ def database_checksum(db: BinaryIO, page_size: int, page_count: int | None = Non
         if pgno != lock:
             acc ^= page_checksum(pgno, data)
     return FLAG | acc
+
+
+def diff_database(db: BinaryIO, page_size: int, page_checksums: list[int]) -> list[tuple[int, bytes]]:
+    """The pages of a raw database file that changed since ``page_checksums`` was taken.
+
+    ``page_checksums[pgno - 1]`` is the known checksum of each page (the lock page's is 0); the
+    list is updated in place to the file's current state, including shrinking or growing with
+    it. Returns ``(pgno, data)`` for every page that is new or different, in page order.
+    """
+    lock = lock_pgno(page_size)
+    changed = []
+    pgno = 0
+    db.seek(0)
+    while data := db.read(page_size):
+        if len(data) != page_size:
+            raise LTXError(f"database size is not a multiple of page size {page_size}")
+        pgno += 1
+        checksum = 0 if pgno == lock else page_checksum(pgno, data)
+        if pgno > len(page_checksums):
+            page_checksums.append(checksum)
+        elif page_checksums[pgno - 1] == checksum:
+            continue
+        else:
+            page_checksums[pgno - 1] = checksum
+        if pgno != lock:
+            changed.append((pgno, data))
+    del page_checksums[pgno:]
+    return changed

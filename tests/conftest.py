@@ -1,0 +1,24 @@
+"""Shared pytest fixtures: the golden LTX fixtures of ../shared and the S3 server (tests/s3server.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("LFSB_LTX_FIXTURES", REPO.parent / "shared" / "fixtures" / "ltx"))
+
+pytest_plugins = ["tests.s3server"]
+
+
+def load_manifest() -> dict:
+    """The golden fixtures' manifest.json (made by the Go reference implementation)."""
+    return json.loads((FIXTURES / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def manifest() -> dict:
+    return load_manifest()
