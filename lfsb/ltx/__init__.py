@@ -16,7 +16,7 @@ from .checksum import (
 from .compactor import check_contiguous, compact
 from .decoder import Decoder, verify
 from .encoder import Encoder
-from .errors import LTXError
+from .errors import LTXError, PostApplyMismatch
 from .header import (
     FLAG_COMPRESS_LZ4,
     HEADER_SIZE,
@@ -30,6 +30,7 @@ from .sqlite import (
     SQLiteHeader,
     database_checksum,
     decode_database,
+    diff_database,
     encode_database,
     parse_sqlite_header,
     read_sqlite_header,
@@ -62,6 +63,7 @@ __all__ = [
     "Header",
     "LTXError",
     "Pos",
+    "PostApplyMismatch",
     "SQLiteHeader",
     "Trailer",
     "check_contiguous",
@@ -70,6 +72,7 @@ __all__ = [
     "crc64_update",
     "database_checksum",
     "decode_database",
+    "diff_database",
     "encode_database",
     "fold",
     "format_checksum",

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from .checksum import EMPTY_DB_CHECKSUM, FLAG, crc64_update
-from .errors import CleanEOF, LTXError, UnexpectedEOF
+from .errors import CleanEOF, LTXError, PostApplyMismatch, UnexpectedEOF
 from .header import HEADER_SIZE, PAGE_HEADER_SIZE, TRAILER_SIZE, Header, Trailer
 from .lz4frame import FrameReader, read_exact
 
@@ -161,10 +161,7 @@ class Decoder:
             if self.header.is_snapshot:
                 checksum = FLAG | self._snapshot_checksum
                 if trailer.post_apply_checksum != checksum:
-                    raise LTXError(
-                        f"post-apply checksum in trailer ({trailer.post_apply_checksum:016x}) "
-                        f"does not match calculated checksum ({checksum:016x})"
-                    )
+                    raise PostApplyMismatch(trailer.post_apply_checksum, checksum)
         except LTXError as e:
             raise e.at("close reader") from None
         return trailer

@@ -18,7 +18,11 @@ class LTXError(Exception):
 
     def at(self, stage: str) -> LTXError:
         """The same error reported at another stage (used to re-prefix a decoder's error)."""
-        return LTXError(self.detail, stage)
+        err = Exception.__new__(type(self))
+        err.__dict__.update(self.__dict__)
+        err.stage = stage
+        err.args = (f"{stage}: {self.detail}" if stage else self.detail,)
+        return err
 
 
 class UnexpectedEOF(LTXError):
@@ -33,3 +37,14 @@ class CleanEOF(LTXError):
 
     def __init__(self, stage: str = "") -> None:
         super().__init__("EOF", stage)
+
+
+class PostApplyMismatch(LTXError):
+    """A snapshot's trailer disagrees with the database checksum of its pages."""
+
+    def __init__(self, stored: int, computed: int, stage: str = "") -> None:
+        super().__init__(
+            f"post-apply checksum in trailer ({stored:016x}) does not match calculated checksum "
+            f"({computed:016x})",
+            stage,
+        )

@@ -1,0 +1,115 @@
+"""Server configuration from the environment (upstream variable names) and ``lfsb serve`` flags."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .store.levels import Level, config_error, parse_duration, parse_levels
+
+DEFAULT_LEVELS = "1=10s/1h,2=5m/30d,3=1h/30d"
+_SIZE = re.compile(r"([0-9]+)\s*(|B|KB|KiB|MB|MiB|GB|GiB|TB|TiB)", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1, "b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": 2**20,
+    "gb": 10**9, "gib": 2**30, "tb": 10**12, "tib": 2**40,
+}  # fmt: skip
+
+
+def parse_size(text: str, setting: str) -> int:
+    """Bytes in ``text`` such as ``4GiB``, ``100MB`` or ``1048576``."""
+    m = _SIZE.fullmatch(text.strip())
+    if not m:
+        raise config_error(f"{setting}: invalid size {text!r} (use e.g. 4GiB, 100MB)")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
+def parse_bind(text: str) -> tuple[str, int]:
+    """``host:port`` or ``:port`` (all interfaces) into (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise config_error(f"LFSB_BIND: invalid address {text!r} (use host:port or :port)")
+    host = host.strip("[]")
+    return host or "0.0.0.0", int(port)
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where the S3 bucket is and how to reach it."""
+
+    bucket: str
+    endpoint: str | None = None
+    region: str = "us-east-1"
+    access_key: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the server needs to start."""
+
+    data_path: Path
+    host: str = "0.0.0.0"
+    port: int = 2200
+    s3: S3Settings | None = None
+    sentry_dsn: str | None = None
+    levels: tuple[Level, ...] = tuple(parse_levels(DEFAULT_LEVELS))
+    l0_retention: float = 3600.0
+    snapshot_interval: float = 86400.0
+    snapshot_retention: float = 30 * 86400.0
+    max_tx_bytes: int = 4 * 2**30
+    log_level: str = "info"
+    log_format: str = "text"
+
+    @property
+    def objects_path(self) -> Path:
+        """Where the embedded local-directory object store keeps its files."""
+        return self.data_path / "objects"
+
+
+def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Config:
+    """Build a :class:`Config` from environment variables, then flag overrides (None = not given)."""
+    env = os.environ if env is None else env
+    data_path = overrides.get("data_path") or env.get("LFSB_DATA_PATH")
+    if not data_path:
+        raise config_error("LFSB_DATA_PATH: required (the local data directory)")
+    host, port = parse_bind(str(overrides.get("bind") or env.get("LFSB_BIND", ":2200")))
+    s3 = None
+    if bucket := env.get("BUCKET_NAME"):
+        s3 = S3Settings(
+            bucket=bucket,
+            endpoint=env.get("AWS_ENDPOINT_URL_S3") or None,
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+            access_key=env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_ACCESS_KEY"),
+            secret_key=env.get("AWS_SECRET_ACCESS_KEY") or env.get("AWS_SECRET_KEY"),
+        )
+    log_format = env.get("LFSB_LOG_FORMAT", "text").lower()
+    if log_format not in ("text", "json"):
+        raise config_error(f"LFSB_LOG_FORMAT: {log_format!r} is not text or json")
+    log_level = env.get("LFSB_LOG_LEVEL", "info").lower()
+    if log_level not in ("debug", "info", "warning", "warn", "error"):
+        raise config_error(f"LFSB_LOG_LEVEL: {log_level!r} is not debug, info, warning or error")
+    snapshot_interval = parse_duration(env.get("LFSB_SNAPSHOT_INTERVAL", "24h"), "LFSB_SNAPSHOT_INTERVAL")
+    if snapshot_interval <= 0:
+        raise config_error("LFSB_SNAPSHOT_INTERVAL: must be greater than zero")
+    max_tx_bytes = parse_size(env.get("LFSB_MAX_TX_BYTES", "4GiB"), "LFSB_MAX_TX_BYTES")
+    if max_tx_bytes <= 0:
+        raise config_error("LFSB_MAX_TX_BYTES: must be greater than zero")
+    return Config(
+        data_path=Path(str(data_path)),
+        host=host,
+        port=port,
+        s3=s3,
+        sentry_dsn=env.get("SENTRY_DSN") or None,
+        levels=tuple(parse_levels(env.get("LFSB_LEVELS", DEFAULT_LEVELS))),
+        l0_retention=parse_duration(env.get("LFSB_L0_RETENTION", "1h"), "LFSB_L0_RETENTION"),
+        snapshot_interval=snapshot_interval,
+        snapshot_retention=parse_duration(
+            env.get("LFSB_SNAPSHOT_RETENTION", "30d"), "LFSB_SNAPSHOT_RETENTION"
+        ),
+        max_tx_bytes=max_tx_bytes,
+        log_level=log_level,
+        log_format=log_format,
+    )

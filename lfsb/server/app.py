@@ -1,0 +1,238 @@
+"""The aiohttp application: LiteFS Cloud's HTTP API over the store, with auth and error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import Kind, LfsbError, internal
+from ..ltx import decode_database, format_txid
+from ..names import validate_cluster, validate_database
+from ..storage import StorageError
+from ..store.store import Store
+
+log = logging.getLogger(__name__)
+
+STORE_KEY = web.AppKey("store", Store)
+STREAM_CHUNK = 256 * 1024
+BODY_BUFFER = 1024 * 1024
+BODY_IDLE_TIMEOUT = 60.0
+"""Seconds a request body may stall before the request is abandoned (slow-loris guard)."""
+PUBLIC_PATHS = frozenset({"/healthz", "/metrics"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# -- responses --------------------------------------------------------------------------------------
+def json_response(data: Any) -> web.Response:
+    """A success body as Go's ``json.MarshalIndent(v, "", "  ")`` writes it (HTML characters escaped)."""
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return web.Response(text=text, content_type="application/json")
+
+
+def error_response(err: LfsbError) -> web.Response:
+    """An error body as Go's ``json.Encoder`` writes it: compact, with a trailing newline."""
+    text = json.dumps(err.to_json(), separators=(",", ":"), ensure_ascii=False) + "\n"
+    return web.Response(status=err.status, text=text, content_type="application/json")
+
+
+def _as_lfsb_error(exc: BaseException, request: web.Request) -> LfsbError:
+    if isinstance(exc, LfsbError):
+        return exc
+    if isinstance(exc, web.HTTPException):
+        code = {404: "ENOTFOUND", 405: "EMETHOD", 413: "ETOOLARGE"}.get(exc.status, "EHTTP")
+        message = {404: "not found", 405: "method not allowed"}.get(exc.status, exc.reason)
+        kind = next((k for k in Kind if k.value == exc.status), Kind.VALIDATION)
+        return LfsbError(
+            kind, code, f"{message}: {request.method} {request.path}" if exc.status in (404, 405) else message
+        )
+    if isinstance(exc, StorageError):
+        return LfsbError(Kind.UNAVAILABLE, "ESTORAGE", f"object storage unavailable: {exc}")
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return LfsbError(Kind.INSUFFICIENT_STORAGE, "ENOSPACE", "no space left in the data directory")
+    return internal("internal error")
+
+
+# -- middleware -------------------------------------------------------------------------------------
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into a JSON error with its status; log our own faults with the traceback."""
+    try:
+        return await handler(request)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception as exc:
+        err = _as_lfsb_error(exc, request)
+        if err.kind is Kind.INTERNAL or err.kind is Kind.UNAVAILABLE:
+            log.error(
+                "request failed method=%s path=%s cluster=%s database=%s code=%s",
+                request.method,
+                request.path,
+                request.get("cluster", ""),
+                request.query.get("db", ""),
+                err.code,
+                exc_info=exc,
+            )
+        return error_response(err)
+
+
+def cluster_from_authorization(value: str | None) -> str:
+    """The cluster of ``Authorization: cluster <name>`` (upstream §1.3), validated."""
+    parts = (value or "").split(" ")
+    if len(parts) != 2 or parts[0].lower() != "cluster":
+        raise LfsbError(Kind.AUTH, "EINVALIDAUTH", "authorization header invalid format")
+    return validate_cluster(parts[1])
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Require ``Authorization: cluster <name>`` and hold the cluster to its pinned LiteFS cluster ID."""
+    if request.path in PUBLIC_PATHS:
+        return await handler(request)
+    cluster = cluster_from_authorization(request.headers.get("Authorization"))
+    request["cluster"] = cluster
+    if cluster_id := request.headers.get("Litefs-Cluster-Id"):
+        await request.app[STORE_KEY].check_cluster_id(cluster, cluster_id)
+    return await handler(request)
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def db_name(request: web.Request) -> str:
+    """The validated ``db`` query parameter."""
+    return validate_database(request.query.get("db", ""))
+
+
+async def receive_body(request: web.Request, dest: Path, limit: int) -> int:
+    """Stream the request body to ``dest`` (fsynced), refusing more than ``limit`` bytes with 413."""
+    too_large = LfsbError(Kind.TOO_LARGE, "ETOOLARGE", f"request body larger than {limit} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    f = await asyncio.to_thread(open, dest, "wb")
+    try:
+        size = 0
+        pending = bytearray()
+        while True:
+            try:
+                async with asyncio.timeout(BODY_IDLE_TIMEOUT):
+                    chunk = await request.content.readany()
+            except TimeoutError:
+                raise LfsbError(Kind.VALIDATION, "ETIMEOUT", "request body stalled") from None
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            pending += chunk
+            if len(pending) >= BODY_BUFFER:
+                await asyncio.to_thread(f.write, bytes(pending))
+                pending.clear()
+
+        def _finish() -> None:
+            f.write(pending)
+            f.flush()
+            os.fsync(f.fileno())
+
+        await asyncio.to_thread(_finish)
+        return size
+    finally:
+        await asyncio.to_thread(f.close)
+
+
+async def stream_file(request: web.Request, path: Path) -> web.StreamResponse:
+    """Send a file as ``application/octet-stream``; a failure mid-way aborts the connection."""
+    size = path.stat().st_size
+    resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    resp.content_length = size
+    f = await asyncio.to_thread(open, path, "rb")
+    try:
+        await resp.prepare(request)
+        while chunk := await asyncio.to_thread(f.read, STREAM_CHUNK):
+            await resp.write(chunk)
+        await resp.write_eof()
+    finally:
+        await asyncio.to_thread(f.close)
+    return resp
+
+
+# -- handlers ---------------------------------------------------------------------------------------
+async def get_pos(request: web.Request) -> web.Response:
+    """``GET /pos``: the position of every database of the cluster."""
+    positions = await request.app[STORE_KEY].positions(request["cluster"])
+    return json_response({name: pos.to_json() for name, pos in positions.items()})
+
+
+async def post_tx(request: web.Request) -> web.Response:
+    """``POST /db/tx?db=``: append one LTX file (LiteFS's stream)."""
+    store = request.app[STORE_KEY]
+    cluster, name = request["cluster"], db_name(request)
+    path = store.temp_path("tx")
+    try:
+        await receive_body(request, path, store.config.max_tx_bytes)
+        db = await store.write_tx(cluster, name, path)
+    finally:
+        path.unlink(missing_ok=True)
+    return web.Response(headers={"Litefs-Hwm": format_txid(db.hwm)})
+
+
+async def get_snapshot(request: web.Request) -> web.StreamResponse:
+    """``GET /db/snapshot?db=[&format=ltx|sqlite]``: the database at its current position."""
+    store = request.app[STORE_KEY]
+    db = await store.database(request["cluster"], db_name(request))
+    fmt = request.query.get("format", "")
+    if fmt not in ("", "ltx", "sqlite"):
+        raise LfsbError(Kind.VALIDATION, "EBADFORMAT", "unsupported snapshot format")
+    snapshot = store.temp_path("snapshot")
+    raw = store.temp_path("export")
+    try:
+        await store.build_snapshot(db, db.txid, snapshot)
+        if fmt == "sqlite":
+
+            def _decode() -> None:
+                with open(snapshot, "rb") as src, open(raw, "wb") as out:
+                    decode_database(src, out)
+
+            await asyncio.to_thread(_decode)
+            return await stream_file(request, raw)
+        return await stream_file(request, snapshot)
+    finally:
+        snapshot.unlink(missing_ok=True)
+        raw.unlink(missing_ok=True)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """``GET /healthz``: 200 when the metadata db and object storage answer, 503 naming what fails."""
+    store = request.app[STORE_KEY]
+    failing = {}
+    try:
+        await store.meta.read(lambda c: c.execute("SELECT 1").fetchone())
+    except Exception as e:
+        failing["metadata"] = str(e)
+    try:
+        async with asyncio.timeout(5):
+            await store.objects.check()
+    except Exception as e:
+        failing["storage"] = str(e) or type(e).__name__
+    if failing:
+        body = {"status": "unavailable", "failing": failing}
+        return web.json_response(body, status=503)
+    return web.json_response({"status": "ok"})
+
+
+def create_app(store: Store) -> web.Application:
+    """The application with every route and middleware, serving ``store``."""
+    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=1024**2)
+    app[STORE_KEY] = store
+    app.router.add_get("/pos", get_pos, allow_head=False)
+    app.router.add_post("/db/tx", post_tx)
+    app.router.add_get("/db/snapshot", get_snapshot, allow_head=False)
+    app.router.add_get("/healthz", healthz, allow_head=False)
+    return app

@@ -1,0 +1,112 @@
+"""``lfsb-server``: configuration, object store, store, compaction scheduler and HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from ..config import Config, load_config
+from ..errors import LfsbError
+from ..storage import LocalStore, ObjectStore, S3Store, StorageError
+from ..store.compaction import Scheduler
+from ..store.store import Store
+from .app import create_app
+from .logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT = 30.0
+
+
+class StartupError(Exception):
+    """The server cannot start; the message names the setting and the problem."""
+
+
+def open_object_store(config: Config) -> ObjectStore:
+    """S3 when ``BUCKET_NAME`` is set, else the embedded local-directory store."""
+    if config.s3 is None:
+        log.warning(
+            "BUCKET_NAME is not set: backups are stored in the local directory path=%s", config.objects_path
+        )
+        return LocalStore(config.objects_path)
+    s3 = config.s3
+    return S3Store(
+        s3.bucket,
+        endpoint_url=s3.endpoint,
+        region=s3.region,
+        access_key=s3.access_key,
+        secret_key=s3.secret_key,
+    )
+
+
+async def serve(config: Config) -> None:
+    """Run the server until SIGTERM or SIGINT, then shut down gracefully."""
+    objects = open_object_store(config)
+    store = Store(config, objects)
+    try:
+        await store.open()
+    except OSError as e:
+        raise StartupError(f"LFSB_DATA_PATH: cannot use {config.data_path}: {e.strerror or e}") from None
+    runner: web.AppRunner | None = None
+    scheduler = Scheduler(store, config.levels, config.snapshot_interval)
+    try:
+        try:
+            await objects.check()
+        except StorageError as e:
+            setting = "BUCKET_NAME" if config.s3 else "LFSB_DATA_PATH"
+            raise StartupError(f"{setting}: object storage unusable: {e}") from None
+        runner = web.AppRunner(create_app(store), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
+        await runner.setup()
+        site = web.TCPSite(runner, config.host, config.port)
+        try:
+            await site.start()
+        except OSError as e:
+            raise StartupError(
+                f"LFSB_BIND: cannot listen on {config.host}:{config.port}: {e.strerror or e}"
+            ) from None
+        scheduler.start()
+        log.info(
+            "server listening addr=%s:%d data=%s storage=%s",
+            config.host,
+            config.port,
+            config.data_path,
+            objects,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await asyncio.gather(
+            scheduler.stop(SHUTDOWN_TIMEOUT), runner.cleanup() if runner else asyncio.sleep(0)
+        )
+        await store.close()
+        await objects.close()
+        log.info("server stopped")
+
+
+def run(config: Config) -> int:
+    """Run the server with logging set up; the process exit code."""
+    setup_logging(config.log_level, config.log_format)
+    try:
+        asyncio.run(serve(config))
+    except StartupError as e:
+        log.error("cannot start: %s", e)
+        return 1
+    return 0
+
+
+def main() -> None:
+    """Entry point of ``lfsb-server`` (configured by environment variables only)."""
+    try:
+        config = load_config()
+    except LfsbError as e:
+        sys.stderr.write(f"lfsb-server: error: {e.message}\n")
+        sys.exit(2)
+    sys.exit(run(config))

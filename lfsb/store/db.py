@@ -1,0 +1,145 @@
+"""The metadata db: SQLite in WAL mode, one writer thread, reader threads, numbered migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+_U64 = 1 << 64
+_I64_MAX = (1 << 63) - 1
+_MIGRATION = re.compile(r"([0-9]+)_[A-Za-z0-9_]+\.sql")
+
+
+def to_sql(checksum: int) -> int:
+    """A u64 checksum as SQLite's signed 64-bit INTEGER."""
+    return checksum - _U64 if checksum > _I64_MAX else checksum
+
+
+def from_sql(value: int) -> int:
+    """The u64 checksum stored by :func:`to_sql`."""
+    return value & (_U64 - 1)
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds since the epoch."""
+    return int(time.time() * 1000)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """The numbered migrations shipped with the package: (version, name, sql), in order."""
+    found = []
+    for entry in resources.files("lfsb.migrations").iterdir():
+        if m := _MIGRATION.fullmatch(entry.name):
+            found.append((int(m.group(1)), entry.name, entry.read_text()))
+    return sorted(found)
+
+
+def apply_migrations(conn: sqlite3.Connection) -> list[str]:
+    """Apply every migration not yet recorded in ``schema_migrations``; returns the names applied."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations"
+        " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT"
+    )
+    done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    applied = []
+    for version, name, sql in migrations():
+        if version in done:
+            continue
+        conn.executescript(
+            f"BEGIN IMMEDIATE;\n{sql}\n;INSERT INTO schema_migrations VALUES "
+            f"({version}, '{name}', {now_ms()});\nCOMMIT;"
+        )
+        applied.append(name)
+    return applied
+
+
+class MetaDB:
+    """Async access to the metadata db: :meth:`write` on the single writer thread, :meth:`read` elsewhere."""
+
+    def __init__(self, path: Path, readers: int = 4) -> None:
+        self.path = path
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="lfsb-db-writer")
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="lfsb-db-reader")
+        self._local = threading.local()
+        self._write_conn: sqlite3.Connection | None = None
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    async def open(self) -> None:
+        """Open the writer connection and apply pending migrations."""
+
+        def _open() -> list[str]:
+            self._write_conn = _connect(self.path)
+            return apply_migrations(self._write_conn)
+
+        applied = await asyncio.get_running_loop().run_in_executor(self._writer, _open)
+        for name in applied:
+            log.info("migration applied name=%s", name)
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = _connect(self.path)
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def _run_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._write_conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            return fn(conn)
+        finally:
+            conn.execute("COMMIT")
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` in one ``BEGIN IMMEDIATE`` transaction on the writer thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._writer, self._run_write, fn)
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` in one read transaction (a consistent snapshot) on a reader thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._readers, self._run_read, fn)
+
+    async def close(self) -> None:
+        """Finish queued work and close every connection."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._writer.shutdown)
+        await loop.run_in_executor(None, self._readers.shutdown)
+        with self._lock:
+            conns = [*self._all, self._write_conn]
+            self._all.clear()
+        for conn in conns:
+            if conn is not None:
+                conn.close()

@@ -1,0 +1,208 @@
+"""Ingestion (WriteTx): verify an incoming LTX file, check that it follows on, record it as L0.
+
+Two steps. :func:`inspect` decodes and verifies the file on a worker thread, before any lock is
+taken. :func:`record` runs on the metadata writer thread: it checks the file against the current
+position and page checksums (upstream §3.4 semantics), moves the file into ``l0/`` and records it,
+all in one transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import Kind, LfsbError, bad_ltx, internal, pos_mismatch
+from ..ltx import (
+    EMPTY_DB_CHECKSUM,
+    FLAG,
+    Decoder,
+    Header,
+    LTXError,
+    Pos,
+    PostApplyMismatch,
+    Trailer,
+    frame_checksum,
+)
+from .db import from_sql, to_sql
+from .records import DATABASE_COLUMNS, Database
+
+MAX_TXID = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A verified LTX file waiting to be recorded: its header, trailer and page checksums."""
+
+    path: Path
+    header: Header
+    trailer: Trailer
+    pgnos: array
+    checksums: list[int]
+    size: int
+
+
+def inspect(path: Path) -> Incoming:
+    """Decode and verify the LTX file at ``path`` (blocking; run it on a worker thread).
+
+    Stricter than the reference decoder where LiteFS never goes: page numbers must increase and
+    stay within the commit, the lock page must be absent and a snapshot must hold every page.
+    """
+    pgnos: array = array("I")
+    checksums: list[int] = []
+    try:
+        with open(path, "rb") as f:
+            dec = Decoder(f)
+            header = dec.read_header()
+            if header.max_txid > MAX_TXID:
+                raise bad_ltx(f"transaction id out of range: {header.max_txid}")
+            lock, commit, prev = header.lock_pgno, header.commit, 0
+            for pgno, frame in dec.pages():
+                if pgno <= prev:
+                    raise bad_ltx(f"out-of-order page numbers: {prev},{pgno}")
+                if pgno > commit:
+                    raise bad_ltx(f"page number {pgno} out-of-bounds for commit size {commit}")
+                if pgno == lock:
+                    raise bad_ltx(f"lock page must not be stored: pgno={pgno}")
+                pgnos.append(pgno)
+                checksums.append(frame_checksum(frame))
+                prev = pgno
+            trailer = dec.close()
+    except PostApplyMismatch as e:
+        raise LfsbError(Kind.VALIDATION, "EBADCHECKSUM", str(e)) from None
+    except LTXError as e:
+        raise bad_ltx(str(e)) from None
+    if header.is_snapshot:
+        expected = commit - (1 if commit >= lock else 0)
+        if len(pgnos) != expected:
+            raise bad_ltx(f"snapshot must hold every page: expected {expected} pages, found {len(pgnos)}")
+    return Incoming(path, header, trailer, pgnos, checksums, path.stat().st_size)
+
+
+def find_database(conn: sqlite3.Connection, cluster: str, name: str) -> Database | None:
+    """The database row of (cluster, name), if any."""
+    row = conn.execute(
+        f"SELECT {DATABASE_COLUMNS} FROM databases WHERE cluster = ? AND name = ?", (cluster, name)
+    ).fetchone()
+    return Database.from_row(row) if row else None
+
+
+def _old_checksums(conn: sqlite3.Connection, db_id: int, pgnos: list[int]) -> dict[int, int]:
+    if not pgnos:
+        return {}
+    lo, hi = pgnos[0], pgnos[-1]
+    if hi - lo + 1 <= 4 * len(pgnos):
+        rows = conn.execute(
+            "SELECT pgno, checksum FROM pages WHERE db_id = ? AND pgno BETWEEN ? AND ?", (db_id, lo, hi)
+        )
+        return {pgno: from_sql(c) for pgno, c in rows}
+    query = "SELECT checksum FROM pages WHERE db_id = ? AND pgno = ?"
+    found = {}
+    for pgno in pgnos:
+        row = conn.execute(query, (db_id, pgno)).fetchone()
+        if row is not None:
+            found[pgno] = from_sql(row[0])
+    return found
+
+
+def l0_path(l0_root: Path, cluster: str, name: str, filename: str) -> Path:
+    """Where an L0 file of (cluster, name) lives."""
+    return l0_root / cluster / name / filename
+
+
+def record(
+    conn: sqlite3.Connection, cluster: str, name: str, inc: Incoming, l0_root: Path, now: int
+) -> Database:
+    """Check ``inc`` against the current state and record it as L0 (writer thread, one transaction)."""
+    h, trailer = inc.header, inc.trailer
+    db = find_database(conn, cluster, name)
+    pos = db.pos if db else Pos(0, 0)
+    if db is not None and h.page_size != db.page_size:
+        raise LfsbError(Kind.UNPROCESSABLE, "EBADHEADER", "page size mismatch")
+    if Pos(h.min_txid - 1, h.pre_apply_checksum) != pos:
+        raise pos_mismatch(pos)
+    if db is None:
+        db_id = conn.execute(
+            'INSERT INTO databases (cluster, name, page_size, "commit", txid, checksum, timestamp)'
+            " VALUES (?, ?, ?, 0, 0, ?, 0)",
+            (cluster, name, h.page_size, to_sql(EMPTY_DB_CHECKSUM)),
+        ).lastrowid
+        old_commit, checksum = 0, EMPTY_DB_CHECKSUM
+    else:
+        db_id, old_commit, checksum = db.id, db.commit, db.checksum
+
+    pgnos, checksums = inc.pgnos, inc.checksums
+    n_old = next((i for i, p in enumerate(pgnos) if p > old_commit), len(pgnos))
+    old = _old_checksums(conn, db_id, list(pgnos[:n_old]))
+    for i in range(n_old):
+        prev = old.get(pgnos[i])
+        if prev is None:
+            raise internal(f"page {pgnos[i]} of {cluster}/{name} is missing from the metadata db")
+        checksum ^= prev ^ checksums[i]
+    for i in range(n_old, len(pgnos)):
+        checksum ^= checksums[i]
+    new_commit = h.commit
+    if new_commit < old_commit:
+        dropped = conn.execute("SELECT checksum FROM pages WHERE db_id = ? AND pgno > ?", (db_id, new_commit))
+        for (c,) in dropped:
+            checksum ^= from_sql(c)
+    elif new_commit > old_commit:
+        lock = h.lock_pgno
+        expected = new_commit - old_commit - (1 if old_commit < lock <= new_commit else 0)
+        found = len(pgnos) - n_old
+        if found != expected:
+            raise LfsbError(
+                Kind.VALIDATION,
+                "EMISSINGPAGES",
+                f"database extend without all pages, expected {expected} new pages, found {found} pages",
+            )
+    checksum |= FLAG
+    if checksum != trailer.post_apply_checksum:
+        raise LfsbError(
+            Kind.VALIDATION,
+            "EBADCHECKSUM",
+            f"incorrect post-apply checksum of {trailer.post_apply_checksum:016x}, expected {checksum:016x}",
+        )
+
+    conn.executemany(
+        "INSERT INTO pages (db_id, pgno, checksum) VALUES (?, ?, ?)"
+        " ON CONFLICT (db_id, pgno) DO UPDATE SET checksum = excluded.checksum",
+        ((db_id, p, to_sql(c)) for p, c in zip(pgnos, checksums, strict=True)),
+    )
+    if new_commit < old_commit:
+        conn.execute("DELETE FROM pages WHERE db_id = ? AND pgno > ?", (db_id, new_commit))
+    conn.execute(
+        'UPDATE databases SET "commit" = ?, txid = ?, checksum = ?, timestamp = ? WHERE id = ?',
+        (new_commit, h.max_txid, to_sql(checksum), h.timestamp, db_id),
+    )
+    conn.execute(
+        "INSERT OR REPLACE INTO l0_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            db_id,
+            h.min_txid,
+            h.max_txid,
+            new_commit,
+            h.timestamp,
+            to_sql(h.pre_apply_checksum),
+            to_sql(checksum),
+            inc.size,
+            now,
+        ),
+    )
+    dest = l0_path(l0_root, cluster, name, h.filename)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(inc.path, dest)
+    fsync_dir(dest.parent)
+    hwm = db.hwm if db else 0
+    return Database(db_id, cluster, name, h.page_size, new_commit, h.max_txid, checksum, h.timestamp, hwm)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

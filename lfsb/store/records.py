@@ -1,0 +1,88 @@
+"""Rows of the metadata db as values: a database and its position, and one LTX file of any level."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from ..ltx import Pos, format_filename
+from .db import from_sql
+
+L0 = 0
+
+
+@dataclass(frozen=True)
+class Database:
+    """A (cluster, database) and its current state."""
+
+    id: int
+    cluster: str
+    name: str
+    page_size: int
+    commit: int
+    txid: int
+    checksum: int
+    timestamp: int
+    hwm: int
+
+    @property
+    def pos(self) -> Pos:
+        """The current position (TXID, post-apply checksum)."""
+        return Pos(self.txid, self.checksum)
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row | tuple) -> Database:
+        """From ``SELECT id, cluster, name, page_size, "commit", txid, checksum, timestamp, hwm``."""
+        id_, cluster, name, page_size, commit, txid, checksum, ts, hwm = row
+        return cls(id_, cluster, name, page_size, commit, txid, from_sql(checksum), ts, hwm)
+
+
+DATABASE_COLUMNS = 'id, cluster, name, page_size, "commit", txid, checksum, timestamp, hwm'
+
+
+@dataclass(frozen=True)
+class LTXFile:
+    """One LTX file of a database at some level (0 = local L0, 1.. and 9 = object storage)."""
+
+    level: int
+    min_txid: int
+    max_txid: int
+    commit: int
+    timestamp: int
+    pre_apply_checksum: int
+    post_apply_checksum: int
+    size: int
+    created_at: int
+
+    @property
+    def filename(self) -> str:
+        """``<min>-<max>.ltx``."""
+        return format_filename(self.min_txid, self.max_txid)
+
+    @property
+    def is_snapshot(self) -> bool:
+        """True when the file starts at TXID 1 (it holds the whole database)."""
+        return self.min_txid == 1
+
+    @property
+    def post_apply_pos(self) -> Pos:
+        """The position after applying this file."""
+        return Pos(self.max_txid, self.post_apply_checksum)
+
+
+L0_COLUMNS = (
+    'min_txid, max_txid, "commit", timestamp, pre_apply_checksum, post_apply_checksum, size, created_at'
+)
+REMOTE_COLUMNS = "level, " + L0_COLUMNS
+
+
+def l0_from_row(row: tuple) -> LTXFile:
+    """From ``SELECT`` :data:`L0_COLUMNS` ``FROM l0_files``."""
+    mn, mx, commit, ts, pre, post, size, created = row
+    return LTXFile(L0, mn, mx, commit, ts, from_sql(pre), from_sql(post), size, created)
+
+
+def remote_from_row(row: tuple) -> LTXFile:
+    """From ``SELECT`` :data:`REMOTE_COLUMNS` ``FROM remote_files``."""
+    level, mn, mx, commit, ts, pre, post, size, created = row
+    return LTXFile(level, mn, mx, commit, ts, from_sql(pre), from_sql(post), size, created)

@@ -1,0 +1,320 @@
+"""The store: databases, positions, ingestion, snapshots at any point, and the files behind them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import sqlite3
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from ..config import Config
+from ..errors import Kind, LfsbError, not_found_db
+from ..ltx import Header, Pos, Trailer, compact, parse_filename
+from ..storage import FileInfo, ObjectStore
+from .db import MetaDB, now_ms, to_sql
+from .ingest import find_database, inspect, l0_path, record
+from .plan import snapshot_plan
+from .records import (
+    DATABASE_COLUMNS,
+    L0,
+    L0_COLUMNS,
+    REMOTE_COLUMNS,
+    Database,
+    LTXFile,
+    l0_from_row,
+    remote_from_row,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_COMPACT_INPUTS = 256
+"""Most files merged in one pass; longer plans are merged in several passes."""
+DOWNLOAD_CONCURRENCY = 8
+
+
+@dataclass
+class _DatabaseLocks:
+    """Per-database locks: ``work`` serialises compactions, restores and deletes; ``files`` guards
+    planning and opening files against their deletion."""
+
+    work: asyncio.Lock = field(default_factory=asyncio.Lock)
+    files: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def list_files(conn: sqlite3.Connection, db_id: int) -> list[LTXFile]:
+    """Every L0 and remote file of a database."""
+    files = [
+        l0_from_row(r) for r in conn.execute(f"SELECT {L0_COLUMNS} FROM l0_files WHERE db_id = ?", (db_id,))
+    ]
+    files += [
+        remote_from_row(r)
+        for r in conn.execute(f"SELECT {REMOTE_COLUMNS} FROM remote_files WHERE db_id = ?", (db_id,))
+    ]
+    return files
+
+
+def compact_files(
+    inputs: list[BinaryIO], dest: Path, compress: bool, tmp_dir: Path
+) -> tuple[Header, Trailer]:
+    """Merge ``inputs`` (contiguous, oldest first) into ``dest``, in passes of at most 256 files."""
+    partials = []
+    try:
+        while len(inputs) > MAX_COMPACT_INPUTS:
+            partial = tmp_dir / f"partial-{uuid.uuid4().hex}.ltx"
+            partials.append(partial)
+            with open(partial, "wb") as out:
+                compact(inputs[:MAX_COMPACT_INPUTS], out, compress=False)
+            inputs = [open(partial, "rb"), *inputs[MAX_COMPACT_INPUTS:]]  # noqa: SIM115 - closed by caller
+            partials.append(inputs[0])
+        with open(dest, "wb") as out:
+            return compact(inputs, out, compress=compress)
+    finally:
+        for p in partials:
+            if isinstance(p, Path):
+                p.unlink(missing_ok=True)
+            else:
+                p.close()
+
+
+class Store:
+    """All state of the server: the metadata db, L0 files on disk and the object store."""
+
+    def __init__(self, config: Config, objects: ObjectStore) -> None:
+        self.config = config
+        self.objects = objects
+        self.data_path = config.data_path
+        self.tmp_dir = self.data_path / "tmp"
+        self.l0_dir = self.data_path / "l0"
+        self.meta = MetaDB(self.data_path / "server.db")
+        self._locks: defaultdict[tuple[str, str], _DatabaseLocks] = defaultdict(_DatabaseLocks)
+        self._cluster_ids: dict[str, str] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Create the data directory layout, open the metadata db and drop leftovers of a crash."""
+
+        def _prepare() -> None:
+            self.data_path.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            self.tmp_dir.mkdir()
+            self.l0_dir.mkdir(exist_ok=True)
+
+        await asyncio.to_thread(_prepare)
+        await self.meta.open()
+        await self._remove_unreferenced_l0()
+
+    async def close(self) -> None:
+        """Close the metadata db."""
+        await self.meta.close()
+
+    def temp_path(self, prefix: str) -> Path:
+        """A fresh path in the temp directory (removed at every start)."""
+        return self.tmp_dir / f"{prefix}-{uuid.uuid4().hex}.ltx"
+
+    def locks(self, cluster: str, name: str) -> _DatabaseLocks:
+        """The locks of one database."""
+        return self._locks[(cluster, name)]
+
+    async def _remove_unreferenced_l0(self) -> None:
+        """Remove L0 files that no row refers to (a crash between rename and commit)."""
+        known = await self.meta.read(
+            lambda c: {
+                (cluster, name, mn)
+                for cluster, name, mn in c.execute(
+                    "SELECT d.cluster, d.name, f.min_txid FROM l0_files f JOIN databases d ON d.id = f.db_id"
+                )
+            }
+        )
+
+        def _scan() -> int:
+            removed = 0
+            for path in self.l0_dir.glob("*/*/*"):
+                try:
+                    min_txid, _ = parse_filename(path.name)
+                except Exception:
+                    min_txid = None
+                if (path.parent.parent.name, path.parent.name, min_txid) not in known:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+            return removed
+
+        if removed := await asyncio.to_thread(_scan):
+            log.info("removed unreferenced L0 files count=%d", removed)
+
+    # -- clusters and databases -----------------------------------------------------------------
+    async def check_cluster_id(self, cluster: str, cluster_id: str) -> None:
+        """Pin the first cluster ID seen for ``cluster``; another ID is a 422 ``ECLUSTERID``."""
+        pinned = self._cluster_ids.get(cluster)
+        if pinned is None:
+
+            def _pin(conn: sqlite3.Connection) -> str:
+                row = conn.execute("SELECT cluster_id FROM clusters WHERE name = ?", (cluster,)).fetchone()
+                if row and row[0]:
+                    return row[0]
+                conn.execute(
+                    "INSERT INTO clusters (name, cluster_id) VALUES (?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET cluster_id = excluded.cluster_id",
+                    (cluster, cluster_id),
+                )
+                log.info("cluster id pinned cluster=%s cluster_id=%s", cluster, cluster_id)
+                return cluster_id
+
+            pinned = self._cluster_ids[cluster] = await self.meta.write(_pin)
+        if pinned != cluster_id:
+            raise LfsbError(
+                Kind.UNPROCESSABLE,
+                "ECLUSTERID",
+                f"cluster {cluster!r} belongs to LiteFS cluster ID {pinned}, not {cluster_id}"
+                " (run `lfsb cluster reset-id` if the cluster was re-created)",
+            )
+
+    async def reset_cluster_id(self, cluster: str) -> str | None:
+        """Forget the pinned cluster ID; returns the ID that was pinned."""
+
+        def _reset(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT cluster_id FROM clusters WHERE name = ?", (cluster,)).fetchone()
+            conn.execute("UPDATE clusters SET cluster_id = NULL WHERE name = ?", (cluster,))
+            return row[0] if row else None
+
+        previous = await self.meta.write(_reset)
+        self._cluster_ids.pop(cluster, None)
+        return previous
+
+    async def databases(self, cluster: str) -> list[Database]:
+        """Every database of a cluster, by name."""
+        rows = await self.meta.read(
+            lambda c: c.execute(
+                f"SELECT {DATABASE_COLUMNS} FROM databases WHERE cluster = ? ORDER BY name", (cluster,)
+            ).fetchall()
+        )
+        return [Database.from_row(r) for r in rows]
+
+    async def positions(self, cluster: str) -> dict[str, Pos]:
+        """The position of every database of a cluster."""
+        return {db.name: db.pos for db in await self.databases(cluster)}
+
+    async def database(self, cluster: str, name: str) -> Database:
+        """One database; 404 ``ENODB`` if there is none."""
+        db = await self.meta.read(lambda c: find_database(c, cluster, name))
+        if db is None:
+            raise not_found_db()
+        return db
+
+    async def files(self, db: Database) -> list[LTXFile]:
+        """Every L0 and remote file of a database."""
+        return await self.meta.read(lambda c: list_files(c, db.id))
+
+    # -- ingestion ------------------------------------------------------------------------------
+    async def write_tx(self, cluster: str, name: str, path: Path) -> Database:
+        """Verify the LTX file at ``path`` and append it to the database (the file is moved into L0)."""
+        inc = await asyncio.to_thread(inspect, path)
+        db = await self.meta.write(lambda c: record(c, cluster, name, inc, self.l0_dir, now_ms()))
+        if inc.header.is_snapshot:
+            log.info(
+                "database created cluster=%s database=%s txid=%d size=%d",
+                cluster,
+                name,
+                db.txid,
+                db.commit * db.page_size,
+            )
+        return db
+
+    # -- snapshots ------------------------------------------------------------------------------
+    def remote_info(self, db: Database, f: LTXFile) -> FileInfo:
+        """The object-store handle of a remote file of ``db``."""
+        created = datetime.fromtimestamp(f.created_at / 1000, UTC)
+        return FileInfo(db.cluster, db.name, f.level, f.min_txid, f.max_txid, f.size, created)
+
+    @contextlib.asynccontextmanager
+    async def open_files(self, db: Database, files: list[LTXFile]) -> AsyncIterator[list[BinaryIO]]:
+        """Open local copies of ``files`` (L0 in place, remote ones downloaded); closed and removed after."""
+        handles: list[BinaryIO] = []
+        downloads: list[Path] = []
+        try:
+            async with self.locks(db.cluster, db.name).files:
+                for f in files:
+                    if f.level == L0:
+                        path = l0_path(self.l0_dir, db.cluster, db.name, f.filename)
+                        handles.append(await asyncio.to_thread(open, path, "rb"))
+                    else:
+                        handles.append(None)  # type: ignore[arg-type]
+            sem = asyncio.Semaphore(DOWNLOAD_CONCURRENCY)
+
+            async def _download(i: int, f: LTXFile) -> None:
+                dest = self.temp_path(f"download-{f.level}")
+                downloads.append(dest)
+                async with sem:
+                    await self.objects.download(self.remote_info(db, f), dest)
+                handles[i] = await asyncio.to_thread(open, dest, "rb")
+
+            await asyncio.gather(*(_download(i, f) for i, f in enumerate(files) if f.level != L0))
+            yield handles
+        finally:
+            for h in handles:
+                if h is not None:
+                    h.close()
+            for p in downloads:
+                p.unlink(missing_ok=True)
+
+    async def build_snapshot(
+        self, db: Database, txid: int, dest: Path, compress: bool = True
+    ) -> tuple[Header, Trailer]:
+        """Write the snapshot of ``db`` at exactly ``txid`` to ``dest`` (ENOTXID if not restorable)."""
+        plan = snapshot_plan(await self.files(db), txid)
+        async with self.open_files(db, plan) as handles:
+            return await asyncio.to_thread(compact_files, handles, dest, compress, self.tmp_dir)
+
+    async def record_upload(self, db: Database, f: LTXFile, raise_hwm: bool) -> bool:
+        """Add an uploaded file to the index (and raise the HWM); False if the database is gone."""
+
+        def _record(conn: sqlite3.Connection) -> bool:
+            if not conn.execute("SELECT 1 FROM databases WHERE id = ?", (db.id,)).fetchone():
+                return False
+            conn.execute(
+                f"INSERT OR REPLACE INTO remote_files (db_id, {REMOTE_COLUMNS}, page_size)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    db.id,
+                    f.level,
+                    f.min_txid,
+                    f.max_txid,
+                    f.commit,
+                    f.timestamp,
+                    to_sql(f.pre_apply_checksum),
+                    to_sql(f.post_apply_checksum),
+                    f.size,
+                    f.created_at,
+                    db.page_size,
+                ),
+            )
+            if raise_hwm:
+                conn.execute("UPDATE databases SET hwm = MAX(hwm, ?) WHERE id = ?", (f.max_txid, db.id))
+            return True
+
+        return await self.meta.write(_record)
+
+    async def remove_l0(self, db: Database, files: list[LTXFile]) -> None:
+        """Forget L0 files and delete them from disk."""
+        if not files:
+            return
+        async with self.locks(db.cluster, db.name).files:
+            await self.meta.write(
+                lambda c: c.executemany(
+                    "DELETE FROM l0_files WHERE db_id = ? AND min_txid = ?",
+                    [(db.id, f.min_txid) for f in files],
+                )
+            )
+
+            def _unlink() -> None:
+                for f in files:
+                    l0_path(self.l0_dir, db.cluster, db.name, f.filename).unlink(missing_ok=True)
+
+            await asyncio.to_thread(_unlink)

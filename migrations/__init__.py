@@ -1,0 +1,1 @@
+"""Numbered SQL migrations of the metadata db, applied in order at startup."""
