@@ -1,0 +1,240 @@
+"""A local directory as object store: files at ``root/<key>``, metadata in ``<key>.meta.json`` sidecars.
+
+Used when no bucket is configured, and in tests. Writes are atomic (temp file in the same directory, fsync,
+rename, fsync of the directory). All file I/O runs in worker threads, copying in 1 MiB chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO, TypeVar
+
+from .base import (
+    FileInfo,
+    FileMetadata,
+    NotFound,
+    ObjectStore,
+    StorageError,
+    cluster_prefix,
+    database_prefix,
+    level_prefix,
+    object_key,
+    parse_level,
+    parse_object_key,
+)
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 1024 * 1024
+_META_SUFFIX = ".meta.json"
+
+T = TypeVar("T")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + _META_SUFFIX)
+
+
+class LocalStore(ObjectStore):
+    """Objects as files under ``root``; ``created_at`` is the file's mtime."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        # Held while creating a directory and a file in it, and while removing empty directories, so that a
+        # delete never removes a directory an upload is about to write into.
+        self._dirs_lock = threading.Lock()
+
+    def __str__(self) -> str:
+        return f"local store {self.root}"
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except StorageError:
+            raise
+        except OSError as e:
+            raise StorageError(f"{self}: {e}") from e
+
+    def _write_atomic(self, dest: Path, fill: Callable[[BinaryIO], object]) -> None:
+        """Write ``dest`` through a temp file in its directory: fill, fsync, rename (no directory fsync)."""
+        with self._dirs_lock:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                fill(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def _info(self, key: str, path: Path) -> FileInfo:
+        st = path.stat()
+        cluster, database, level, min_txid, max_txid = parse_object_key(key)
+        return FileInfo(
+            cluster, database, level, min_txid, max_txid, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)
+        )
+
+    # -- listing -----------------------------------------------------------------------------------------
+
+    def _list_files_sync(self, prefix: str) -> list[FileInfo]:
+        infos = []
+        try:
+            entries = list(os.scandir(self.root / prefix))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        for entry in entries:
+            try:
+                parse_object_key(prefix + entry.name)
+            except ValueError:
+                continue  # sidecars, temp files and foreign names
+            if not entry.is_file():
+                continue
+            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                infos.append(self._info(prefix + entry.name, Path(entry.path)))
+        return sorted(infos, key=lambda i: (i.min_txid, i.max_txid))
+
+    def _list_dirs_sync(self, prefix: str) -> list[str]:
+        try:
+            entries = list(os.scandir(self.root / prefix))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
+
+    async def list_files(self, cluster: str, database: str, level: int) -> list[FileInfo]:
+        return await self._run(self._list_files_sync, level_prefix(cluster, database, level))
+
+    async def list_clusters(self) -> list[str]:
+        return sorted(await self._run(self._list_dirs_sync, ""))
+
+    async def list_databases(self, cluster: str) -> list[str]:
+        return sorted(await self._run(self._list_dirs_sync, cluster_prefix(cluster)))
+
+    async def list_levels(self, cluster: str, database: str) -> list[int]:
+        levels = []
+        for name in await self._run(self._list_dirs_sync, database_prefix(cluster, database)):
+            with contextlib.suppress(ValueError):
+                levels.append(parse_level(name))
+        return sorted(levels)
+
+    # -- objects -----------------------------------------------------------------------------------------
+
+    def _upload_sync(self, key: str, src: Path, headers: dict[str, str]) -> FileInfo:
+        dest = self.root / key
+        try:
+            fsrc = src.open("rb")
+        except OSError as e:
+            raise StorageError(f"cannot read upload source: {e}") from e
+        with fsrc:
+            # The sidecar first, so that a visible data file always has its metadata.
+            self._write_atomic(_sidecar(dest), lambda f: f.write(json.dumps(headers).encode()))
+            self._write_atomic(dest, lambda f: shutil.copyfileobj(fsrc, f, CHUNK_SIZE))
+        _fsync_dir(dest.parent)
+        return self._info(key, dest)
+
+    async def upload(
+        self,
+        cluster: str,
+        database: str,
+        level: int,
+        min_txid: int,
+        max_txid: int,
+        path: Path,
+        metadata: FileMetadata,
+    ) -> FileInfo:
+        key = object_key(cluster, database, level, min_txid, max_txid)
+        info = await self._run(self._upload_sync, key, Path(path), metadata.to_headers())
+        log.debug("uploaded %s to %s (%d bytes)", key, self, info.size)
+        return info
+
+    def _download_sync(self, key: str, dest: Path) -> None:
+        try:
+            fsrc = (self.root / key).open("rb")
+        except FileNotFoundError:
+            raise NotFound(f"{self}: {key} not found") from None
+        with fsrc:
+            self._write_atomic(dest, lambda f: shutil.copyfileobj(fsrc, f, CHUNK_SIZE))
+        _fsync_dir(dest.parent)
+
+    async def download(self, info: FileInfo, dest: Path) -> None:
+        await self._run(self._download_sync, info.key, Path(dest))
+        log.debug("downloaded %s from %s to %s", info.key, self, dest)
+
+    def _metadata_sync(self, key: str) -> FileMetadata:
+        path = self.root / key
+        if not path.is_file():
+            raise NotFound(f"{self}: {key} not found")
+        try:
+            headers = json.loads(_sidecar(path).read_bytes())
+        except FileNotFoundError:
+            raise StorageError(f"{self}: {key}: metadata file {_sidecar(path).name} missing") from None
+        except ValueError as e:
+            raise StorageError(f"{self}: {key}: invalid metadata file: {e}") from None
+        if not isinstance(headers, dict):
+            raise StorageError(f"{self}: {key}: invalid metadata file: not a JSON object")
+        try:
+            return FileMetadata.from_headers(headers)
+        except StorageError as e:
+            raise StorageError(f"{self}: {key}: {e}") from None
+
+    async def metadata(self, info: FileInfo) -> FileMetadata:
+        return await self._run(self._metadata_sync, info.key)
+
+    def _delete_sync(self, keys: list[str]) -> None:
+        dirs = set()
+        for key in keys:
+            path = self.root / key
+            path.unlink(missing_ok=True)
+            _sidecar(path).unlink(missing_ok=True)
+            dirs.add(path.parent)
+        # Remove directories left empty, as S3 has no prefix without objects.
+        with self._dirs_lock:
+            for level_dir in dirs:
+                for d in (level_dir, level_dir.parent, level_dir.parent.parent):
+                    try:
+                        d.rmdir()
+                    except OSError:
+                        break
+
+    async def delete(self, infos: list[FileInfo]) -> None:
+        if not infos:
+            return
+        await self._run(self._delete_sync, [i.key for i in infos])
+        log.debug("deleted %d files from %s", len(infos), self)
+
+    def _check_sync(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=self.root, prefix=".check.", suffix=".tmp")
+        try:
+            os.write(fd, b"ok")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+
+    async def check(self) -> None:
+        try:
+            await asyncio.to_thread(self._check_sync)
+        except OSError as e:
+            raise StorageError(f"{self} is not writable: {e}") from e
