@@ -11,7 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("LFSB_LTX_FIXTURES", REPO.parent / "shared" / "fixtures" / "ltx"))
 
-pytest_plugins = ["tests.s3server"]
+pytest_plugins = ["tests.s3server", "tests.lfsb_server"]
 
 
 def load_manifest() -> dict:

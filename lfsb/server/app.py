@@ -13,15 +13,19 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import Kind, LfsbError, internal
-from ..ltx import decode_database, format_txid
+from ..errors import Kind, LfsbError, bad_input, internal
+from ..ltx import LTXError, decode_database, format_timestamp, format_txid, parse_timestamp, parse_txid
 from ..names import validate_cluster, validate_database
 from ..storage import StorageError
+from ..store.plan import Point, point_at, point_before, restorable_points
+from ..store.records import Database
+from ..store.restore import import_database, restore
 from ..store.store import Store
 
 log = logging.getLogger(__name__)
 
 STORE_KEY = web.AppKey("store", Store)
+CLUSTER_KEY = web.RequestKey("cluster", str)
 STREAM_CHUNK = 256 * 1024
 BODY_BUFFER = 1024 * 1024
 BODY_IDLE_TIMEOUT = 60.0
@@ -77,7 +81,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 "request failed method=%s path=%s cluster=%s database=%s code=%s",
                 request.method,
                 request.path,
-                request.get("cluster", ""),
+                request.get(CLUSTER_KEY, ""),
                 request.query.get("db", ""),
                 err.code,
                 exc_info=exc,
@@ -99,7 +103,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.path in PUBLIC_PATHS:
         return await handler(request)
     cluster = cluster_from_authorization(request.headers.get("Authorization"))
-    request["cluster"] = cluster
+    request[CLUSTER_KEY] = cluster
     if cluster_id := request.headers.get("Litefs-Cluster-Id"):
         await request.app[STORE_KEY].check_cluster_id(cluster, cluster_id)
     return await handler(request)
@@ -109,6 +113,43 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 def db_name(request: web.Request) -> str:
     """The validated ``db`` query parameter."""
     return validate_database(request.query.get("db", ""))
+
+
+def parse_target(request: web.Request, required: bool) -> tuple[int, int | None]:
+    """``txid=`` or ``timestamp=`` of the query as (txid, timestamp ms); (0, None) when neither."""
+    txid_text = request.query.get("txid", "")
+    ts_text = request.query.get("timestamp", "")
+    txid, ts = 0, None
+    if txid_text:
+        try:
+            txid = parse_txid(txid_text)
+        except LTXError:
+            raise bad_input(f"invalid txid: {txid_text!r} (expected 16 hex digits)") from None
+    if ts_text:
+        try:
+            ts = parse_timestamp(ts_text)
+        except LTXError as e:
+            raise bad_input(str(e)) from None
+    if txid and ts is not None:
+        raise bad_input("can't specify both 'txid' and 'timestamp'")
+    if required and not txid and ts is None:
+        raise bad_input("'txid' or 'timestamp' required")
+    return txid, ts
+
+
+async def resolve_point(store: Store, db: Database, txid: int, ts: int | None) -> Point:
+    """The restorable point a txid or timestamp names (ENOTXID / ENOTIMESTAMP if none)."""
+    files = await store.files(db)
+    if ts is not None:
+        return point_before(files, ts)
+    return point_at(files, txid)
+
+
+def go_time(ms: int) -> str:
+    """A timestamp as Go's ``time.Time`` JSON: RFC 3339 with trailing fractional zeros trimmed."""
+    text = format_timestamp(ms)
+    fraction = text[-4:-1].rstrip("0")
+    return f"{text[:-5]}.{fraction}Z" if fraction else f"{text[:-5]}Z"
 
 
 async def receive_body(request: web.Request, dest: Path, limit: int) -> int:
@@ -166,14 +207,14 @@ async def stream_file(request: web.Request, path: Path) -> web.StreamResponse:
 # -- handlers ---------------------------------------------------------------------------------------
 async def get_pos(request: web.Request) -> web.Response:
     """``GET /pos``: the position of every database of the cluster."""
-    positions = await request.app[STORE_KEY].positions(request["cluster"])
+    positions = await request.app[STORE_KEY].positions(request[CLUSTER_KEY])
     return json_response({name: pos.to_json() for name, pos in positions.items()})
 
 
 async def post_tx(request: web.Request) -> web.Response:
     """``POST /db/tx?db=``: append one LTX file (LiteFS's stream)."""
     store = request.app[STORE_KEY]
-    cluster, name = request["cluster"], db_name(request)
+    cluster, name = request[CLUSTER_KEY], db_name(request)
     path = store.temp_path("tx")
     try:
         await receive_body(request, path, store.config.max_tx_bytes)
@@ -184,16 +225,18 @@ async def post_tx(request: web.Request) -> web.Response:
 
 
 async def get_snapshot(request: web.Request) -> web.StreamResponse:
-    """``GET /db/snapshot?db=[&format=ltx|sqlite]``: the database at its current position."""
+    """``GET /db/snapshot?db=[&format=ltx|sqlite][&txid=|&timestamp=]``: the database now or at a point."""
     store = request.app[STORE_KEY]
-    db = await store.database(request["cluster"], db_name(request))
+    db = await store.database(request[CLUSTER_KEY], db_name(request))
     fmt = request.query.get("format", "")
     if fmt not in ("", "ltx", "sqlite"):
         raise LfsbError(Kind.VALIDATION, "EBADFORMAT", "unsupported snapshot format")
+    txid, ts = parse_target(request, required=False)
+    target = db.txid if not txid and ts is None else (await resolve_point(store, db, txid, ts)).txid
     snapshot = store.temp_path("snapshot")
     raw = store.temp_path("export")
     try:
-        await store.build_snapshot(db, db.txid, snapshot)
+        await store.build_snapshot(db, target, snapshot)
         if fmt == "sqlite":
 
             def _decode() -> None:
@@ -206,6 +249,84 @@ async def get_snapshot(request: web.Request) -> web.StreamResponse:
     finally:
         snapshot.unlink(missing_ok=True)
         raw.unlink(missing_ok=True)
+
+
+async def post_restore(request: web.Request) -> web.Response:
+    """``POST /db/restore?db=&(txid=|timestamp=)``: append the state at that point as TXID current+1."""
+    store = request.app[STORE_KEY]
+    cluster, name = request[CLUSTER_KEY], db_name(request)
+    txid, ts = parse_target(request, required=True)
+    async with store.locks(cluster, name).work:
+        db = await store.database(cluster, name)
+        point = await resolve_point(store, db, txid, ts)
+        new_txid = await restore(store, db, point.txid)
+    return json_response({"txID": format_txid(new_txid)})
+
+
+async def get_restore_check(request: web.Request) -> web.Response:
+    """``GET /db/restore/check?db=&(txid=|timestamp=)``: the point a restore would restore (a dry run)."""
+    store = request.app[STORE_KEY]
+    db = await store.database(request[CLUSTER_KEY], db_name(request))
+    txid, ts = parse_target(request, required=True)
+    point = await resolve_point(store, db, txid, ts)
+    return json_response({"timestamp": go_time(point.timestamp), "txID": format_txid(point.txid)})
+
+
+def parse_flag(request: web.Request, name: str) -> bool:
+    """A boolean query flag: absent is false; present, ``true`` or ``1`` is true; ``false`` or ``0`` false."""
+    if name not in request.query:
+        return False
+    value = request.query[name].lower()
+    if value in ("", "true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise bad_input(f"invalid {name}: {request.query[name]!r} (expected true or false)")
+
+
+async def get_info(request: web.Request) -> web.Response:
+    """``GET /db/info?db=[&all=true]``: the restorable range (first and last point) or every point."""
+    store = request.app[STORE_KEY]
+    name = db_name(request)
+    everything = parse_flag(request, "all")
+    db = await store.database(request[CLUSTER_KEY], name)
+    points = restorable_points(await store.files(db))
+    if not everything and len(points) > 2:
+        points = [points[0], points[-1]]
+    return json_response(
+        {
+            "name": name,
+            "restorablePaths": [
+                {
+                    "maxTxId": format_txid(p.txid),
+                    "maxTimestamp": go_time(p.timestamp),
+                    "postApplyChecksum": format_txid(p.post_apply_checksum),
+                }
+                for p in points
+            ],
+        }
+    )
+
+
+async def post_upload(request: web.Request) -> web.Response:
+    """``POST /db/upload?db=``: import a raw SQLite file as TXID current+1 (1 for a new database)."""
+    store = request.app[STORE_KEY]
+    cluster, name = request[CLUSTER_KEY], db_name(request)
+    path = store.temp_path("upload")
+    try:
+        await receive_body(request, path, store.config.max_tx_bytes)
+        async with store.locks(cluster, name).work:
+            db = await import_database(store, cluster, name, path)
+    finally:
+        path.unlink(missing_ok=True)
+    return json_response({"txID": format_txid(db.txid)})
+
+
+async def delete_db(request: web.Request) -> web.Response:
+    """``DELETE /db?db=``: remove the database, its L0 files and every file in storage."""
+    store = request.app[STORE_KEY]
+    await store.delete_database(request[CLUSTER_KEY], db_name(request))
+    return web.Response()
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -234,5 +355,11 @@ def create_app(store: Store) -> web.Application:
     app.router.add_get("/pos", get_pos, allow_head=False)
     app.router.add_post("/db/tx", post_tx)
     app.router.add_get("/db/snapshot", get_snapshot, allow_head=False)
+    app.router.add_post("/db/restore", post_restore)
+    app.router.add_get("/db/restore/check", get_restore_check, allow_head=False)
+    app.router.add_get("/db/info", get_info, allow_head=False)
+    app.router.add_post("/db/upload", post_upload)
+    app.router.add_delete("/db", delete_db)
+    app.router.add_delete("/db/", delete_db)
     app.router.add_get("/healthz", healthz, allow_head=False)
     return app

@@ -13,6 +13,7 @@ from ..config import Config, load_config
 from ..errors import LfsbError
 from ..storage import LocalStore, ObjectStore, S3Store, StorageError
 from ..store.compaction import Scheduler
+from ..store.recovery import recover
 from ..store.store import Store
 from .app import create_app
 from .logs import setup_logging
@@ -43,39 +44,65 @@ def open_object_store(config: Config) -> ObjectStore:
     )
 
 
-async def serve(config: Config) -> None:
-    """Run the server until SIGTERM or SIGINT, then shut down gracefully."""
-    objects = open_object_store(config)
-    store = Store(config, objects)
-    try:
-        await store.open()
-    except OSError as e:
-        raise StartupError(f"LFSB_DATA_PATH: cannot use {config.data_path}: {e.strerror or e}") from None
-    runner: web.AppRunner | None = None
-    scheduler = Scheduler(store, config.levels, config.snapshot_interval)
-    try:
+class Server:
+    """The whole server: start it, serve, stop it gracefully."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.objects = open_object_store(config)
+        self.store = Store(config, self.objects)
+        self.scheduler = Scheduler(self.store)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL the server listens on (the real port when configured with port 0)."""
+        host, port = self._runner.addresses[0][:2]
+        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+
+    async def start(self) -> None:
+        """Open the data directory and storage, recover from storage, listen, start compaction."""
+        config = self.config
         try:
-            await objects.check()
+            await self.store.open()
+        except OSError as e:
+            raise StartupError(f"LFSB_DATA_PATH: cannot use {config.data_path}: {e.strerror or e}") from None
+        try:
+            await self.objects.check()
         except StorageError as e:
             setting = "BUCKET_NAME" if config.s3 else "LFSB_DATA_PATH"
             raise StartupError(f"{setting}: object storage unusable: {e}") from None
-        runner = web.AppRunner(create_app(store), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
-        await runner.setup()
-        site = web.TCPSite(runner, config.host, config.port)
+        await recover(self.store)
+        self._runner = web.AppRunner(
+            create_app(self.store), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, config.host, config.port)
         try:
             await site.start()
         except OSError as e:
             raise StartupError(
                 f"LFSB_BIND: cannot listen on {config.host}:{config.port}: {e.strerror or e}"
             ) from None
-        scheduler.start()
-        log.info(
-            "server listening addr=%s:%d data=%s storage=%s",
-            config.host,
-            config.port,
-            config.data_path,
-            objects,
+        self.scheduler.start()
+        log.info("server listening url=%s data=%s storage=%s", self.url, config.data_path, self.objects)
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests and the running compaction step finish, close."""
+        await asyncio.gather(
+            self.scheduler.stop(SHUTDOWN_TIMEOUT),
+            self._runner.cleanup() if self._runner else asyncio.sleep(0),
         )
+        await self.store.close()
+        await self.objects.close()
+        log.info("server stopped")
+
+
+async def serve(config: Config) -> None:
+    """Run the server until SIGTERM or SIGINT, then shut down gracefully."""
+    server = Server(config)
+    try:
+        await server.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -83,12 +110,7 @@ async def serve(config: Config) -> None:
         await stop.wait()
         log.info("shutting down")
     finally:
-        await asyncio.gather(
-            scheduler.stop(SHUTDOWN_TIMEOUT), runner.cleanup() if runner else asyncio.sleep(0)
-        )
-        await store.close()
-        await objects.close()
-        log.info("server stopped")
+        await server.stop()
 
 
 def run(config: Config) -> int:

@@ -1,4 +1,4 @@
-"""Compaction: L0 -> L1 -> L2 -> L3 on wall-clock schedules, the snapshot level 9, L0 retention.
+"""Compaction: L0 -> L1 -> L2 -> L3 on wall-clock schedules and the snapshot level 9, then retention.
 
 Each run of a level, for each database, merges the contiguous run of source-level files that
 follows the level's last file (at most 100) into one LZ4 file, uploads it, then records it in
@@ -13,11 +13,12 @@ import logging
 import time
 from collections.abc import Iterable
 
+from ..errors import LfsbError
 from ..ltx import format_txid
 from ..storage import FileMetadata
-from .db import now_ms
 from .levels import SNAPSHOT_LEVEL, Level
 from .records import L0, Database, LTXFile
+from .retention import enforce_retention
 from .store import Store, compact_files
 
 log = logging.getLogger(__name__)
@@ -108,23 +109,17 @@ async def compact_snapshot(store: Store, db: Database, top_level: int) -> LTXFil
     return await _upload(store, db, SNAPSHOT_LEVEL, target)
 
 
-async def enforce_l0_retention(store: Store, db: Database, retention: float) -> int:
-    """Remove L0 files that L1 covers and that are older than ``retention`` seconds."""
-    files = await store.files(db)
-    covered = _max_txid(files, 1)
-    cutoff = now_ms() - int(retention * 1000)
-    old = [f for f in files if f.level == L0 and f.max_txid <= covered and f.created_at < cutoff]
-    await store.remove_l0(db, old)
-    return len(old)
-
-
 class Scheduler:
     """Runs every level on its wall-clock boundaries for every database that has new work."""
 
-    def __init__(self, store: Store, levels: Iterable[Level], snapshot_interval: float) -> None:
+    def __init__(self, store: Store) -> None:
+        config = store.config
         self.store = store
-        self.levels = list(levels)
-        self.snapshot = Level(SNAPSHOT_LEVEL, snapshot_interval, 0)
+        self.levels = list(config.levels)
+        self.snapshot = Level(SNAPSHOT_LEVEL, config.snapshot_interval, config.snapshot_retention)
+        self.retention = {L0: config.l0_retention} | {
+            level.level: level.retention for level in [*self.levels, self.snapshot]
+        }
         self._tasks: list[asyncio.Task] = []
         self._running: set[asyncio.Task] = set()
 
@@ -153,23 +148,43 @@ class Scheduler:
             await asyncio.shield(task)
 
     async def run(self, level: int) -> int:
-        """One run of ``level`` over every database; returns how many files it wrote."""
+        """One run of ``level`` over every database with new work, then retention; files written."""
         written = 0
-        for cluster, name in await self._candidates(level):
-            locks = self.store.locks(cluster, name)
-            async with locks.work:
-                try:
-                    db = await self.store.database(cluster, name)
-                    if level == SNAPSHOT_LEVEL:
-                        done = await compact_snapshot(self.store, db, self.levels[-1].level)
-                    else:
-                        done = await compact_level(self.store, db, level)
-                        if level == 1:
-                            await enforce_l0_retention(self.store, db, self.store.config.l0_retention)
-                    written += done is not None
-                except Exception:
-                    log.exception("compaction failed cluster=%s database=%s level=%d", cluster, name, level)
+        candidates = await self._candidates(level)
+        for cluster, name in candidates:
+            written += await self._step(cluster, name, level)
+        if level != 1:  # a sweep for idle databases too (L1 runs are too frequent for that)
+            for db in await self._all_databases():
+                if db not in candidates:
+                    await self._step(*db, None)
         return written
+
+    async def _step(self, cluster: str, name: str, level: int | None) -> int:
+        """Compact one database to ``level`` (None: retention only); one failure never stops the rest."""
+        async with self.store.locks(cluster, name).work:
+            try:
+                db = await self.store.database(cluster, name)
+                done = None
+                if level == SNAPSHOT_LEVEL:
+                    done = await compact_snapshot(self.store, db, self.levels[-1].level)
+                elif level is not None:
+                    done = await compact_level(self.store, db, level)
+                await enforce_retention(self.store, db, self.retention)
+                return done is not None
+            except LfsbError as e:
+                if e.code == "ENODB":
+                    return 0
+                log.exception("compaction failed cluster=%s database=%s level=%s", cluster, name, level)
+            except Exception:
+                log.exception("compaction failed cluster=%s database=%s level=%s", cluster, name, level)
+            return 0
+
+    async def _all_databases(self) -> list[tuple[str, str]]:
+        return await self.store.meta.read(
+            lambda c: [
+                tuple(r) for r in c.execute("SELECT cluster, name FROM databases ORDER BY cluster, name")
+            ]
+        )
 
     async def _candidates(self, level: int) -> list[tuple[str, str]]:
         """Databases whose source level is ahead of ``level``."""

@@ -8,7 +8,8 @@ A chain that cannot end exactly at the target is an ``ENOTXID``, never an earlie
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from ..errors import Kind, LfsbError
 from .records import LTXFile
@@ -22,7 +23,14 @@ def tx_not_available() -> LfsbError:
     return LfsbError(Kind.NOT_FOUND, "ENOTXID", "tx not available")
 
 
-def reachable(files: Iterable[LTXFile], upto: int | None = None) -> dict[int, tuple[int, LTXFile]]:
+def file_cost(f: LTXFile) -> int:
+    """What reading a file costs a plan: its size plus a fixed overhead."""
+    return f.size + FILE_COST
+
+
+def reachable(
+    files: Iterable[LTXFile], upto: int | None = None, cost: Callable[[LTXFile], int] = file_cost
+) -> dict[int, tuple[int, LTXFile]]:
     """For every TXID a chain can end at (up to ``upto``): (cost, last file of the cheapest chain).
 
     Files are taken in order of their max TXID; a file extends a chain ending at ``min - 1``
@@ -38,10 +46,10 @@ def reachable(files: Iterable[LTXFile], upto: int | None = None) -> dict[int, tu
             base = prev[0]
         else:
             continue
-        cost = base + f.size + FILE_COST
+        total = base + cost(f)
         current = best.get(f.max_txid)
-        if current is None or cost < current[0] or (cost == current[0] and f.level > current[1].level):
-            best[f.max_txid] = (cost, f)
+        if current is None or total < current[0] or (total == current[0] and f.level > current[1].level):
+            best[f.max_txid] = (total, f)
     return best
 
 
@@ -63,3 +71,58 @@ def chain(best: dict[int, tuple[int, LTXFile]], txid: int) -> list[LTXFile]:
 def snapshot_plan(files: Iterable[LTXFile], txid: int) -> list[LTXFile]:
     """The cheapest contiguous chain of ``files`` from a snapshot to exactly ``txid``."""
     return chain(reachable(files, upto=txid), txid)
+
+
+def timestamp_not_available() -> LfsbError:
+    """404 ``ENOTIMESTAMP``."""
+    return LfsbError(Kind.NOT_FOUND, "ENOTIMESTAMP", "timestamp not available")
+
+
+@dataclass(frozen=True)
+class Point:
+    """A restorable point: a TXID, its timestamp and the database checksum there."""
+
+    txid: int
+    timestamp: int
+    post_apply_checksum: int
+
+
+def restorable_points(files: Iterable[LTXFile]) -> list[Point]:
+    """Every TXID a plan can reach, oldest first."""
+    best = reachable(files)
+    return [Point(t, f.timestamp, f.post_apply_checksum) for t, (_, f) in sorted(best.items())]
+
+
+def point_at(files: Iterable[LTXFile], txid: int) -> Point:
+    """The restorable point at exactly ``txid`` (ENOTXID if there is none)."""
+    best = reachable(files, upto=txid)
+    if txid not in best:
+        raise tx_not_available()
+    f = best[txid][1]
+    return Point(txid, f.timestamp, f.post_apply_checksum)
+
+
+def point_before(files: Iterable[LTXFile], timestamp: int) -> Point:
+    """The latest restorable point whose timestamp is at or before ``timestamp`` (ENOTIMESTAMP if none)."""
+    candidates = [p for p in restorable_points(files) if p.timestamp <= timestamp]
+    if not candidates:
+        raise timestamp_not_available()
+    return max(candidates, key=lambda p: (p.timestamp, p.txid))
+
+
+def needed_files(
+    files: Iterable[LTXFile], points: Iterable[int], cost: Callable[[LTXFile], int] = file_cost
+) -> set[tuple[int, int]]:
+    """``(level, min_txid)`` of every file in the cheapest plans of ``points``."""
+    best = reachable(files, cost=cost)
+    needed: set[tuple[int, int]] = set()
+    for txid in points:
+        while txid in best:
+            f = best[txid][1]
+            key = (f.level, f.min_txid)
+            if key in needed or f.min_txid == 1:
+                needed.add(key)
+                break
+            needed.add(key)
+            txid = f.min_txid - 1
+    return needed

@@ -301,6 +301,19 @@ class Store:
 
         return await self.meta.write(_record)
 
+    async def delete_database(self, cluster: str, name: str) -> None:
+        """Remove a database: every object under its prefix (indexed or not), its L0 files, its rows."""
+        locks = self.locks(cluster, name)
+        async with locks.work, locks.files:
+            db = await self.database(cluster, name)
+            infos: list[FileInfo] = []
+            for level in await self.objects.list_levels(cluster, name):
+                infos += await self.objects.list_files(cluster, name, level)
+            await self.objects.delete(infos)
+            await asyncio.to_thread(shutil.rmtree, self.l0_dir / cluster / name, True)
+            await self.meta.write(lambda c: c.execute("DELETE FROM databases WHERE id = ?", (db.id,)))
+        log.info("database deleted cluster=%s database=%s files=%d", cluster, name, len(infos))
+
     async def remove_l0(self, db: Database, files: list[LTXFile]) -> None:
         """Forget L0 files and delete them from disk."""
         if not files:

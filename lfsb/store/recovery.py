@@ -1,0 +1,187 @@
+"""Recovery from object storage at start: the file index, positions and HWM rebuilt from a bucket.
+
+For every database in storage: when the metadata db has no row for it, or is behind storage,
+its local state is rebuilt from the bucket (the index from a listing plus each file's metadata,
+the position from the newest file, the page checksums from a snapshot at that position).
+Otherwise the index is reconciled with the listing (files uploaded just before a crash are
+added; entries whose objects are gone are dropped). A fresh data directory pointed at a bucket
+written by us or by the Go server therefore just works (design.md §2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import sqlite3
+
+from ..ltx import Decoder, frame_checksum
+from ..storage import FileInfo
+from .db import now_ms, to_sql
+from .ingest import find_database
+from .plan import snapshot_plan
+from .records import REMOTE_COLUMNS, Database, LTXFile
+from .store import Store, compact_files
+
+log = logging.getLogger(__name__)
+
+METADATA_CONCURRENCY = 32
+
+
+async def _describe(store: Store, infos: list[FileInfo]) -> list[LTXFile]:
+    """Index entries for listed files (one metadata request each, 32 at a time)."""
+    sem = asyncio.Semaphore(METADATA_CONCURRENCY)
+
+    async def _one(info: FileInfo) -> LTXFile:
+        async with sem:
+            meta = await store.objects.metadata(info)
+        return LTXFile(
+            info.level,
+            info.min_txid,
+            info.max_txid,
+            meta.commit,
+            meta.timestamp,
+            meta.pre_apply_checksum,
+            meta.post_apply_checksum,
+            info.size,
+            int(info.created_at.timestamp() * 1000),
+        )
+
+    return list(await asyncio.gather(*(_one(i) for i in infos)))
+
+
+def _insert_index(conn: sqlite3.Connection, db_id: int, page_size: int, files: list[LTXFile]) -> None:
+    conn.executemany(
+        f"INSERT OR REPLACE INTO remote_files (db_id, {REMOTE_COLUMNS}, page_size)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                db_id,
+                f.level,
+                f.min_txid,
+                f.max_txid,
+                f.commit,
+                f.timestamp,
+                to_sql(f.pre_apply_checksum),
+                to_sql(f.post_apply_checksum),
+                f.size,
+                f.created_at,
+                page_size,
+            )
+            for f in files
+        ],
+    )
+
+
+async def _list_all(store: Store, cluster: str, name: str) -> list[FileInfo]:
+    infos: list[FileInfo] = []
+    for level in await store.objects.list_levels(cluster, name):
+        if level > 0:
+            infos += await store.objects.list_files(cluster, name, level)
+    return infos
+
+
+async def _rebuild(store: Store, cluster: str, name: str, infos: list[FileInfo]) -> None:
+    """Replace the local state of (cluster, name) with what storage holds."""
+    files = await _describe(store, infos)
+    last = max(files, key=lambda f: (f.max_txid, f.level))
+    page_size = (await store.objects.metadata(infos[files.index(last)])).page_size
+    placeholder = Database(0, cluster, name, page_size, last.commit, last.max_txid, 0, 0, 0)
+    plan = snapshot_plan(files, last.max_txid)
+    snapshot = store.temp_path("recover")
+    try:
+        async with store.open_files(placeholder, plan) as handles:
+            await asyncio.to_thread(compact_files, handles, snapshot, False, store.tmp_dir)
+
+        def _page_checksums() -> list[tuple[int, int]]:
+            with open(snapshot, "rb") as f:
+                dec = Decoder(f)
+                dec.read_header()
+                pages = [(pgno, frame_checksum(frame)) for pgno, frame in dec.pages()]
+                dec.close()
+            return pages
+
+        pages = await asyncio.to_thread(_page_checksums)
+    finally:
+        snapshot.unlink(missing_ok=True)
+
+    def _replace(conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM databases WHERE cluster = ? AND name = ?", (cluster, name))
+        db_id = conn.execute(
+            'INSERT INTO databases (cluster, name, page_size, "commit", txid, checksum, timestamp, hwm)'
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                cluster,
+                name,
+                page_size,
+                last.commit,
+                last.max_txid,
+                to_sql(last.post_apply_checksum),
+                last.timestamp,
+                last.max_txid,
+            ),
+        ).lastrowid
+        conn.executemany(
+            "INSERT INTO pages (db_id, pgno, checksum) VALUES (?, ?, ?)",
+            [(db_id, pgno, to_sql(c)) for pgno, c in pages],
+        )
+        _insert_index(conn, db_id, page_size, files)
+
+    async with store.locks(cluster, name).files:
+        await asyncio.to_thread(shutil.rmtree, store.l0_dir / cluster / name, True)
+        await store.meta.write(_replace)
+    log.info(
+        "database recovered from storage cluster=%s database=%s txid=%016x files=%d",
+        cluster,
+        name,
+        last.max_txid,
+        len(files),
+    )
+
+
+async def _reconcile(store: Store, db: Database, infos: list[FileInfo]) -> None:
+    """Bring the index of ``db`` in line with the listing ``infos``."""
+    indexed = {(f.level, f.min_txid, f.max_txid) for f in await store.files(db) if f.level > 0}
+    listed = {(i.level, i.min_txid, i.max_txid): i for i in infos}
+    missing = [info for key, info in listed.items() if key not in indexed]
+    gone = [key for key in indexed if key not in listed]
+    if not missing and not gone:
+        return
+    added = await _describe(store, missing)
+
+    def _update(conn: sqlite3.Connection) -> None:
+        _insert_index(conn, db.id, db.page_size, added)
+        conn.executemany(
+            "DELETE FROM remote_files WHERE db_id = ? AND level = ? AND min_txid = ? AND max_txid = ?",
+            [(db.id, *key) for key in gone],
+        )
+        if added:
+            top = max(f.max_txid for f in added if f.level == 1) if any(f.level == 1 for f in added) else 0
+            conn.execute("UPDATE databases SET hwm = MAX(hwm, ?) WHERE id = ?", (min(top, db.txid), db.id))
+
+    await store.meta.write(_update)
+    log.info(
+        "index reconciled with storage cluster=%s database=%s added=%d dropped=%d",
+        db.cluster,
+        db.name,
+        len(added),
+        len(gone),
+    )
+
+
+async def recover(store: Store) -> None:
+    """Rebuild or reconcile the local state of every database found in storage."""
+    started = now_ms()
+    count = 0
+    for cluster in await store.objects.list_clusters():
+        for name in await store.objects.list_databases(cluster):
+            infos = await _list_all(store, cluster, name)
+            if not infos:
+                continue
+            count += 1
+            local = await store.meta.read(lambda c, cl=cluster, n=name: find_database(c, cl, n))
+            if local is None or local.txid < max(i.max_txid for i in infos):
+                await _rebuild(store, cluster, name, infos)
+            else:
+                await _reconcile(store, local, infos)
+    log.info("storage scanned databases=%d ms=%d", count, now_ms() - started)

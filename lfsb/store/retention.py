@@ -1,0 +1,81 @@
+"""Retention for every level, L0 and snapshots included, that keeps every retained point restorable.
+
+A file expires when it is older than its level's retention and the next level has already taken
+it in. An expired file is deleted only when no plan for a retained point needs it: the retained
+points are the current position and the end of every file that has not expired, and their plans
+prefer files that have not expired (design.md §2; upstream never pruned L3 or snapshots).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import sqlite3
+from collections.abc import Mapping
+
+from .db import now_ms
+from .levels import SNAPSHOT_LEVEL
+from .plan import file_cost, needed_files
+from .records import L0, Database, LTXFile
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+_EXPIRED_PENALTY = 1 << 50
+
+
+def expired_files(
+    files: list[LTXFile], retention: Mapping[int, float], current_txid: int, now: int
+) -> list[LTXFile]:
+    """The files that may be deleted now (``retention``: seconds per level; a level missing is kept)."""
+    order = sorted(level for level in retention if level != SNAPSHOT_LEVEL)
+    next_level = dict(itertools.pairwise(order))
+    level_max: dict[int, int] = {}
+    for f in files:
+        level_max[f.level] = max(level_max.get(f.level, 0), f.max_txid)
+
+    def expired(f: LTXFile) -> bool:
+        if f.level not in retention or f.created_at > now - retention[f.level] * 1000:
+            return False
+        nxt = next_level.get(f.level)
+        return nxt is None or f.max_txid <= level_max.get(nxt, 0)
+
+    stale = {(f.level, f.min_txid) for f in files if expired(f)}
+    if not stale:
+        return []
+    kept = {current_txid} | {f.max_txid for f in files if (f.level, f.min_txid) not in stale}
+
+    def cost(f: LTXFile) -> int:
+        return file_cost(f) + (_EXPIRED_PENALTY if (f.level, f.min_txid) in stale else 0)
+
+    needed = needed_files(files, kept, cost)
+    return [f for f in files if (f.level, f.min_txid) in stale and (f.level, f.min_txid) not in needed]
+
+
+async def enforce_retention(store: Store, db: Database, retention: Mapping[int, float]) -> int:
+    """Delete the expired files of ``db`` that no retained point needs; returns how many."""
+    files = await store.files(db)
+    doomed = expired_files(files, retention, db.txid, now_ms())
+    if not doomed:
+        return 0
+    await store.remove_l0(db, [f for f in doomed if f.level == L0])
+    remote = [f for f in doomed if f.level != L0]
+    if remote:
+        async with store.locks(db.cluster, db.name).files:
+
+            def _forget(conn: sqlite3.Connection) -> None:
+                conn.executemany(
+                    "DELETE FROM remote_files WHERE db_id = ? AND level = ? AND min_txid = ?",
+                    [(db.id, f.level, f.min_txid) for f in remote],
+                )
+
+            await store.meta.write(_forget)
+        await store.objects.delete([store.remote_info(db, f) for f in remote])
+    log.info(
+        "retention removed files cluster=%s database=%s count=%d levels=%s",
+        db.cluster,
+        db.name,
+        len(doomed),
+        ",".join(str(level) for level in sorted({f.level for f in doomed})),
+    )
+    return len(doomed)
