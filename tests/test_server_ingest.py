@@ -97,6 +97,7 @@ async def test_l1_compaction_uploads_and_raises_hwm(server: Server, client: Clie
         with dest.open("rb") as f:
             header, trailer, _ = verify(f)
         assert header.is_snapshot and header.compressed
+        assert trailer.post_apply_checksum == meta.post_apply_checksum
         status, _, raw = await client.request("GET", "/db/snapshot?db=db&format=sqlite")
         assert status == 200 and hashlib.sha256(raw).hexdigest() == sha256(node.db_path)
 
@@ -113,4 +114,4 @@ async def test_divergence_pulls_snapshot(server: Server, client: Client, tmp_pat
         assert node.stats.snapshots_pulled == 1
         assert node.rows("SELECT * FROM t") == server_state
         status, _, raw = await client.request("GET", "/db/snapshot?db=db&format=sqlite")
-        assert hashlib.sha256(raw).hexdigest() == sha256(node.db_path)
+        assert status == 200 and hashlib.sha256(raw).hexdigest() == sha256(node.db_path)

@@ -329,6 +329,13 @@ async def delete_db(request: web.Request) -> web.Response:
     return web.Response()
 
 
+async def post_reset_cluster_id(request: web.Request) -> web.Response:
+    """``POST /cluster/reset-id``: forget the LiteFS cluster ID pinned to this cluster."""
+    cluster = request[CLUSTER_KEY]
+    previous = await request.app[STORE_KEY].reset_cluster_id(cluster)
+    return json_response({"cluster": cluster, "previousClusterId": previous})
+
+
 async def healthz(request: web.Request) -> web.Response:
     """``GET /healthz``: 200 when the metadata db and object storage answer, 503 naming what fails."""
     store = request.app[STORE_KEY]
@@ -361,5 +368,6 @@ def create_app(store: Store) -> web.Application:
     app.router.add_post("/db/upload", post_upload)
     app.router.add_delete("/db", delete_db)
     app.router.add_delete("/db/", delete_db)
+    app.router.add_post("/cluster/reset-id", post_reset_cluster_id)
     app.router.add_get("/healthz", healthz, allow_head=False)
     return app

@@ -1,0 +1,255 @@
+"""``lfsb`` commands that talk to a server: list, info, export, import, restore, delete, cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import sqlite3
+import sys
+import tempfile
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ..client import DEFAULT_ENDPOINT, APIError, Client
+from ..ltx import LTXError, format_txid, parse_timestamp, parse_txid
+from .output import print_fields, print_json, print_table
+
+T = TypeVar("T")
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def connection_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--cluster/-c`` and ``--endpoint/-e`` (on the root group, and again on each command)."""
+    f = click.option(
+        "-e", "--endpoint", help=f"The lfsb server [env LFSB_ENDPOINT; default {DEFAULT_ENDPOINT}]."
+    )(f)
+    return click.option("-c", "--cluster", help="The cluster to act on [env LFSB_CLUSTER].")(f)
+
+
+def api_command(f: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
+    """Run an async command with a :class:`Client`; API errors become one ``Error:`` line, exit 1."""
+
+    @connection_options
+    @functools.wraps(f)
+    def wrapper(cluster: str | None, endpoint: str | None, **kwargs: Any) -> T:
+        root = click.get_current_context().find_root().params
+        cluster = cluster or root.get("cluster") or os.environ.get("LFSB_CLUSTER")
+        endpoint = endpoint or root.get("endpoint") or os.environ.get("LFSB_ENDPOINT") or DEFAULT_ENDPOINT
+        if not cluster:
+            raise click.UsageError("cluster must be specified (--cluster or LFSB_CLUSTER)")
+
+        async def _run() -> T:
+            async with Client(endpoint, cluster) as client:
+                return await f(client, **kwargs)
+
+        try:
+            return asyncio.run(_run())
+        except APIError as e:
+            raise click.ClickException(str(e)) from None
+
+    return wrapper
+
+
+def check_target(txid: str | None, timestamp: str | None, required: bool) -> None:
+    """Validate ``--txid`` and ``--timestamp`` before anything is sent."""
+    if txid and timestamp:
+        raise click.UsageError("cannot specify both --txid and --timestamp")
+    if required and not txid and not timestamp:
+        raise click.UsageError("must specify one of --txid and --timestamp")
+    try:
+        if txid:
+            parse_txid(txid)
+        if timestamp:
+            parse_timestamp(timestamp)
+    except LTXError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def target_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--txid`` and ``--timestamp``: a point in time."""
+    f = click.option(
+        "--timestamp",
+        help="A time with a zone, e.g. 2024-06-08T12:22:39Z (the latest point at or before it).",
+    )(f)
+    return click.option("--txid", help="A transaction ID, 16 hex digits.")(f)
+
+
+def _progress(label: str) -> Callable[[int | None], Callable[[int], None]]:
+    """A progress bar on stderr for a transfer of known length (nothing when stderr is not a terminal)."""
+
+    def _start(total: int | None) -> Callable[[int], None]:
+        if not total or not sys.stderr.isatty():
+            return lambda n: None
+        bar = click.progressbar(length=total, label=label, file=sys.stderr)
+        bar.__enter__()
+
+        def _update(n: int) -> None:
+            bar.update(n)
+            if bar.pos >= total:
+                bar.__exit__(None, None, None)
+
+        return _update
+
+    return _start
+
+
+@click.command("list")
+@JSON_OPTION
+@api_command
+async def list_cmd(client: Client, as_json: bool) -> None:
+    """List the databases of the cluster with their positions."""
+    positions = dict(sorted((await client.positions()).items()))
+    if as_json:
+        print_json({name: pos.to_json() for name, pos in positions.items()})
+        return
+    print_table(
+        ["DATABASE", "TXID", "CHECKSUM"],
+        [[name, format_txid(p.txid), format_txid(p.post_apply_checksum)] for name, p in positions.items()],
+    )
+
+
+@click.command()
+@click.argument("db")
+@click.option("-a", "--all", "all_points", is_flag=True, help="Every restorable point, not just the range.")
+@JSON_OPTION
+@api_command
+async def info(client: Client, db: str, all_points: bool, as_json: bool) -> None:
+    """Show the restorable points of a database (first and last, or --all)."""
+    data = await client.info(db, all_points)
+    if as_json:
+        print_json(data)
+        return
+    click.echo(click.style(data["name"], bold=True))
+    print_table(
+        ["TIMESTAMP", "TXID", "POST-APPLY CHECKSUM"],
+        [[p["maxTimestamp"], p["maxTxId"], p["postApplyChecksum"]] for p in data["restorablePaths"]],
+    )
+
+
+@click.command()
+@click.argument("db")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="File to write (default: stdout).")
+@click.option(
+    "-f", "--format", "fmt", type=click.Choice(["sqlite", "ltx"]), default="sqlite", show_default=True
+)
+@target_options
+@api_command
+async def export(
+    client: Client, db: str, output: Path | None, fmt: str, txid: str | None, timestamp: str | None
+) -> None:
+    """Download a database, now or at a point in time, as a SQLite file or an LTX snapshot."""
+    check_target(txid, timestamp, required=False)
+    if output is None:
+        await client.export(db, sys.stdout.buffer, fmt, txid, timestamp)
+        return
+    tmp = output.with_name(f".{output.name}.tmp")
+    try:
+        with tmp.open("wb") as out:
+            size = await client.export(db, out, fmt, txid, timestamp, _progress("exporting"))
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.replace(output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    click.echo(f"exported {db} to {output} ({size} bytes)", err=True)
+
+
+def copy_database(src: Path, dest: Path) -> None:
+    """A consistent copy of a (possibly live, WAL-mode) SQLite database through the backup API."""
+    source = sqlite3.connect(f"file:{src}?mode=ro", uri=True)
+    try:
+        target = sqlite3.connect(dest)
+        try:
+            source.backup(target)
+            target.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            target.close()
+    finally:
+        source.close()
+
+
+@click.command("import")
+@click.argument("db")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@JSON_OPTION
+@api_command
+async def import_cmd(client: Client, db: str, file: Path, as_json: bool) -> None:
+    """Upload a SQLite database file as the database's new state (read through SQLite's backup API)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "import.db"
+        try:
+            await asyncio.to_thread(copy_database, file, copy)
+        except sqlite3.Error as e:
+            raise APIError(f"cannot read {file} as a SQLite database: {e}") from None
+        total = copy.stat().st_size
+        txid = await client.upload(db, copy, _progress("importing")(total))
+    if as_json:
+        print_json({"database": db, "txID": txid})
+    else:
+        print_fields("db imported", [("database", db), ("txid", txid)])
+
+
+@click.command()
+@click.argument("db")
+@target_options
+@click.option("--check", is_flag=True, help="Only show the point a restore would restore.")
+@JSON_OPTION
+@api_command
+async def restore(
+    client: Client, db: str, txid: str | None, timestamp: str | None, check: bool, as_json: bool
+) -> None:
+    """Restore a database to a past point (it becomes the newest transaction; LiteFS then pulls it)."""
+    check_target(txid, timestamp, required=True)
+    if check:
+        data = await client.restore_check(db, txid, timestamp)
+        if as_json:
+            print_json({"database": db, **data})
+        else:
+            print_fields(
+                "db restore check",
+                [("database", db), ("timestamp", data["timestamp"]), ("txid", data["txID"])],
+            )
+        return
+    new_txid = await client.restore(db, txid, timestamp)
+    if as_json:
+        print_json({"database": db, "txID": new_txid})
+    else:
+        print_fields("db restored", [("database", db), ("txid", new_txid)])
+
+
+@click.command()
+@click.argument("db")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@api_command
+async def delete(client: Client, db: str, yes: bool) -> None:
+    """Delete a database and every backup of it."""
+    if not yes and not click.confirm(
+        f"Delete database {db!r} of cluster {client.cluster!r} and all its backups?", err=True
+    ):
+        raise click.Abort()
+    await client.delete(db)
+    click.echo(f"deleted {db}", err=True)
+
+
+@click.group()
+def cluster() -> None:
+    """Manage the cluster itself."""
+
+
+@cluster.command("reset-id")
+@JSON_OPTION
+@api_command
+async def reset_id(client: Client, as_json: bool) -> None:
+    """Forget the LiteFS cluster ID pinned to this cluster (after re-creating the LiteFS cluster)."""
+    previous = await client.reset_cluster_id()
+    if as_json:
+        print_json({"cluster": client.cluster, "previousClusterId": previous})
+    else:
+        print_fields("cluster id reset", [("cluster", client.cluster), ("previous id", previous or "-")])
+
+
+COMMANDS = [list_cmd, info, export, import_cmd, restore, delete, cluster]
