@@ -118,8 +118,8 @@ def parse_filename(name: str) -> tuple[int, int]:
 
 def format_timestamp(ms: int) -> str:
     """Milliseconds since the epoch as UTC text with exactly 3 fractional digits and ``Z``."""
-    dt = _EPOCH + timedelta(milliseconds=ms)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    # isoformat, unlike strftime("%Y"), writes years before 1000 with 4 digits.
+    return timestamp_to_datetime(ms).isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
 
 
 _RFC3339 = re.compile(
@@ -142,17 +142,21 @@ def parse_timestamp(s: str) -> int:
         dt = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
     except ValueError as e:
         raise LTXError(f'invalid timestamp "{s}": {e}') from None
+    offset = timedelta()
     if zone != "Z":
         sign = 1 if zone[0] == "+" else -1
         zh, zm = int(zone[1:3]), int(zone[4:6])
         if zh > 23 or zm > 59:
             raise LTXError(f'invalid timestamp "{s}": time zone offset out of range')
-        dt -= sign * timedelta(hours=zh, minutes=zm)
+        offset = sign * timedelta(hours=zh, minutes=zm)
     ms = int((frac + "000")[:3]) if frac else 0
-    delta = dt - _EPOCH
+    delta = dt - _EPOCH - offset  # on timedeltas: a zone may move the UTC time past year 1 or 9999
     return (delta.days * 86400 + delta.seconds) * 1000 + ms
 
 
 def timestamp_to_datetime(ms: int) -> datetime:
-    """An aware UTC datetime for milliseconds since the epoch."""
-    return _EPOCH + timedelta(milliseconds=ms)
+    """An aware UTC datetime for milliseconds since the epoch; LTXError outside years 1 to 9999."""
+    try:
+        return _EPOCH + timedelta(milliseconds=ms)
+    except OverflowError:
+        raise LTXError(f"timestamp out of range: {ms}") from None
