@@ -81,7 +81,7 @@ class Client:
             resp = await self._http().request(method, self.url + path, **kwargs)
         except aiohttp.ClientConnectorError as e:
             reason = e.os_error.strerror or str(e.os_error) or "connection failed"
-            raise APIError(f"cannot connect to {self.url}: {reason} (is lfsb-server running there?)") from None
+            raise APIError(f"cannot connect to {self.url}: {reason} (is lfsb-server running?)") from None
         except (TimeoutError, aiohttp.ClientError) as e:
             raise APIError(f"request to {self.url} failed: {e or type(e).__name__}") from None
         if resp.status >= 400:

@@ -11,11 +11,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import sentry_sdk
 from aiohttp import web
 
 from ..errors import Kind, LfsbError, bad_input, internal
 from ..ltx import LTXError, decode_database, format_timestamp, format_txid, parse_timestamp, parse_txid
 from ..names import validate_cluster, validate_database
+from ..observability import CONTENT_TYPE, report_exception, timed
 from ..storage import StorageError
 from ..store.plan import Point, point_at, point_before, restorable_points
 from ..store.records import Database
@@ -77,6 +79,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception as exc:
         err = _as_lfsb_error(exc, request)
         if err.kind is Kind.INTERNAL or err.kind is Kind.UNAVAILABLE:
+            report_exception(exc, cluster=request.get(CLUSTER_KEY, ""), database=request.query.get("db", ""))
             log.error(
                 "request failed method=%s path=%s cluster=%s database=%s code=%s",
                 request.method,
@@ -104,6 +107,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     cluster = cluster_from_authorization(request.headers.get("Authorization"))
     request[CLUSTER_KEY] = cluster
+    sentry_sdk.set_tag("cluster", cluster)
+    if "db" in request.query:
+        sentry_sdk.set_tag("database", request.query["db"])
     if cluster_id := request.headers.get("Litefs-Cluster-Id"):
         await request.app[STORE_KEY].check_cluster_id(cluster, cluster_id)
     return await handler(request)
@@ -214,6 +220,7 @@ async def get_pos(request: web.Request) -> web.Response:
 async def post_tx(request: web.Request) -> web.Response:
     """``POST /db/tx?db=``: append one LTX file (LiteFS's stream)."""
     store = request.app[STORE_KEY]
+    stop_timer = timed(store.metrics.tx_seconds)
     cluster, name = request[CLUSTER_KEY], db_name(request)
     path = store.temp_path("tx")
     try:
@@ -221,6 +228,7 @@ async def post_tx(request: web.Request) -> web.Response:
         db = await store.write_tx(cluster, name, path)
     finally:
         path.unlink(missing_ok=True)
+        stop_timer()
     return web.Response(headers={"Litefs-Hwm": format_txid(db.hwm)})
 
 
@@ -355,6 +363,12 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """``GET /metrics``: Prometheus text format."""
+    body = await asyncio.to_thread(request.app[STORE_KEY].metrics.render)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
 def create_app(store: Store) -> web.Application:
     """The application with every route and middleware, serving ``store``."""
     app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=1024**2)
@@ -370,4 +384,5 @@ def create_app(store: Store) -> web.Application:
     app.router.add_delete("/db/", delete_db)
     app.router.add_post("/cluster/reset-id", post_reset_cluster_id)
     app.router.add_get("/healthz", healthz, allow_head=False)
+    app.router.add_get("/metrics", metrics, allow_head=False)
     return app

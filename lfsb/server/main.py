@@ -11,6 +11,7 @@ from aiohttp import web
 
 from ..config import Config, load_config
 from ..errors import LfsbError
+from ..observability import flush_sentry, init_sentry
 from ..storage import LocalStore, ObjectStore, S3Store, StorageError
 from ..store.compaction import Scheduler
 from ..store.recovery import recover
@@ -95,6 +96,7 @@ class Server:
         )
         await self.store.close()
         await self.objects.close()
+        await asyncio.to_thread(flush_sentry)
         log.info("server stopped")
 
 
@@ -116,6 +118,7 @@ async def serve(config: Config) -> None:
 def run(config: Config) -> int:
     """Run the server with logging set up; the process exit code."""
     setup_logging(config.log_level, config.log_format)
+    init_sentry(config.sentry_dsn)
     try:
         asyncio.run(serve(config))
     except StartupError as e:

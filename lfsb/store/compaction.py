@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 from ..errors import LfsbError
 from ..ltx import format_txid
+from ..observability import report_exception, timed
 from ..storage import FileMetadata
 from .levels import SNAPSHOT_LEVEL, Level
 from .records import L0, Database, LTXFile
@@ -149,19 +150,26 @@ class Scheduler:
 
     async def run(self, level: int) -> int:
         """One run of ``level`` over every database with new work, then retention; files written."""
-        written = 0
         candidates = await self._candidates(level)
-        for cluster, name in candidates:
-            written += await self._step(cluster, name, level)
+        results = [await self._step(cluster, name, level) for cluster, name in candidates]
+        written = sum(r or 0 for r in results)
+        if None not in results:
+            self.store.metrics.compaction_succeeded(level)
         if level != 1:  # a sweep for idle databases too (L1 runs are too frequent for that)
             for db in await self._all_databases():
                 if db not in candidates:
                     await self._step(*db, None)
         return written
 
-    async def _step(self, cluster: str, name: str, level: int | None) -> int:
-        """Compact one database to ``level`` (None: retention only); one failure never stops the rest."""
+    async def _step(self, cluster: str, name: str, level: int | None) -> int | None:
+        """Compact one database to ``level`` (None: retention only): files written, None on failure.
+
+        One failing database never stops the others.
+        """
+        metrics = self.store.metrics
+        label = str(level) if level is not None else "retention"
         async with self.store.locks(cluster, name).work:
+            stop_timer = timed(metrics.compaction_seconds.labels(label))
             try:
                 db = await self.store.database(cluster, name)
                 done = None
@@ -170,14 +178,17 @@ class Scheduler:
                 elif level is not None:
                     done = await compact_level(self.store, db, level)
                 await enforce_retention(self.store, db, self.retention)
-                return done is not None
-            except LfsbError as e:
-                if e.code == "ENODB":
-                    return 0
-                log.exception("compaction failed cluster=%s database=%s level=%s", cluster, name, level)
-            except Exception:
-                log.exception("compaction failed cluster=%s database=%s level=%s", cluster, name, level)
-            return 0
+            except Exception as e:
+                if isinstance(e, LfsbError) and e.code == "ENODB":
+                    return 0  # deleted meanwhile
+                metrics.compaction_failures.labels(label).inc()
+                log.exception("compaction failed cluster=%s database=%s level=%s", cluster, name, label)
+                report_exception(e, cluster=cluster, database=name, level=label)
+                return None
+            finally:
+                stop_timer()
+            metrics.compaction_runs.labels(label).inc()
+            return int(done is not None)
 
     async def _all_databases(self) -> list[tuple[str, str]]:
         return await self.store.meta.read(

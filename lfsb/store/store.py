@@ -18,6 +18,7 @@ from typing import BinaryIO
 from ..config import Config
 from ..errors import Kind, LfsbError, not_found_db
 from ..ltx import Header, Pos, Trailer, compact, parse_filename
+from ..observability import CountingObjectStore, Metrics
 from ..storage import FileInfo, ObjectStore
 from .db import MetaDB, now_ms, to_sql
 from .ingest import find_database, inspect, l0_path, record
@@ -87,9 +88,10 @@ def compact_files(
 class Store:
     """All state of the server: the metadata db, L0 files on disk and the object store."""
 
-    def __init__(self, config: Config, objects: ObjectStore) -> None:
+    def __init__(self, config: Config, objects: ObjectStore, metrics: Metrics | None = None) -> None:
         self.config = config
-        self.objects = objects
+        self.metrics = metrics or Metrics()
+        self.objects: ObjectStore = CountingObjectStore(objects, self.metrics.storage_errors)  # type: ignore[assignment]
         self.data_path = config.data_path
         self.tmp_dir = self.data_path / "tmp"
         self.l0_dir = self.data_path / "l0"
@@ -109,6 +111,7 @@ class Store:
 
         await asyncio.to_thread(_prepare)
         await self.meta.open()
+        self.metrics.add_state_collector(self.meta.path)
         await self._remove_unreferenced_l0()
 
     async def close(self) -> None:
@@ -216,7 +219,15 @@ class Store:
     async def write_tx(self, cluster: str, name: str, path: Path) -> Database:
         """Verify the LTX file at ``path`` and append it to the database (the file is moved into L0)."""
         inc = await asyncio.to_thread(inspect, path)
-        db = await self.meta.write(lambda c: record(c, cluster, name, inc, self.l0_dir, now_ms()))
+        try:
+            db = await self.meta.write(lambda c: record(c, cluster, name, inc, self.l0_dir, now_ms()))
+        except LfsbError as e:
+            if e.code == "EPOSMISMATCH":
+                self.metrics.pos_mismatches.labels(cluster).inc()
+            raise
+        self.metrics.tx_total.labels(cluster).inc(inc.header.max_txid - inc.header.min_txid + 1)
+        self.metrics.tx_files.labels(cluster).inc()
+        self.metrics.tx_bytes.labels(cluster).inc(inc.size)
         if inc.header.is_snapshot:
             log.info(
                 "database created cluster=%s database=%s txid=%d size=%d",

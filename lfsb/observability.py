@@ -1,0 +1,185 @@
+"""Metrics (Prometheus text format, every name prefixed ``lfsb_``) and Sentry error reporting."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import sentry_sdk
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .storage import StorageError
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    """The server's metrics, on a registry of their own (one per server instance)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.tx_total = Counter("lfsb_tx", "Transactions ingested.", ["cluster"], registry=r)
+        self.tx_files = Counter(
+            "lfsb_tx_files", "LTX files ingested (accepted POST /db/tx).", ["cluster"], registry=r
+        )
+        self.tx_bytes = Counter("lfsb_tx_bytes", "Bytes of LTX files ingested.", ["cluster"], registry=r)
+        self.tx_seconds = Histogram(
+            "lfsb_tx_request_duration_seconds",
+            "Latency of POST /db/tx, any outcome.",
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.pos_mismatches = Counter(
+            "lfsb_position_mismatches", "POST /db/tx rejected with EPOSMISMATCH.", ["cluster"], registry=r
+        )
+        self.compaction_runs = Counter("lfsb_compaction_runs", "Compaction steps run.", ["level"], registry=r)
+        self.compaction_failures = Counter(
+            "lfsb_compaction_failures", "Compaction steps that failed.", ["level"], registry=r
+        )
+        self.compaction_seconds = Histogram(
+            "lfsb_compaction_duration_seconds", "Duration of one compaction step.", ["level"], registry=r
+        )
+        self.storage_errors = Counter(
+            "lfsb_storage_errors",
+            "Object storage requests that failed (after retries).",
+            ["operation"],
+            registry=r,
+        )
+        self.last_success: dict[int, float] = {}
+
+    def compaction_succeeded(self, level: int) -> None:
+        """Remember when ``level`` last ran without failure."""
+        self.last_success[level] = time.time()
+
+    def add_state_collector(self, db_path: Path) -> None:
+        """Gauges read from the metadata db at scrape time: files, bytes, HWM lag, pending work."""
+        self.registry.register(_StateCollector(db_path, self))
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition (blocking: run it on a worker thread)."""
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    """Reads per-level and per-database state from the metadata db on every scrape."""
+
+    def __init__(self, db_path: Path, metrics: Metrics) -> None:
+        self.db_path = db_path
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        files = GaugeMetricFamily("lfsb_level_files", "LTX files per level (0 = local L0).", labels=["level"])
+        size = GaugeMetricFamily("lfsb_level_bytes", "Bytes of LTX files per level.", labels=["level"])
+        lag = GaugeMetricFamily(
+            "lfsb_hwm_lag",
+            "Current TXID minus HWM (TXIDs not yet in storage).",
+            labels=["cluster", "database"],
+        )
+        pending = GaugeMetricFamily(
+            "lfsb_compaction_pending", "Databases with work waiting for the next L1 run.", labels=["level"]
+        )
+        age = GaugeMetricFamily(
+            "lfsb_compaction_last_success_age_seconds",
+            "Seconds since the last successful compaction run per level.",
+            labels=["level"],
+        )
+        try:
+            conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=5)
+        except sqlite3.Error as e:
+            log.warning("metrics: cannot read the metadata db error=%s", e)
+            return
+        try:
+            rows = conn.execute(
+                "SELECT 0, COUNT(*), COALESCE(SUM(size), 0) FROM l0_files"
+                " UNION ALL SELECT level, COUNT(*), SUM(size) FROM remote_files GROUP BY level"
+            )
+            for level, count, total in rows:
+                files.add_metric([str(level)], count)
+                size.add_metric([str(level)], total)
+            for cluster, name, txid, hwm in conn.execute("SELECT cluster, name, txid, hwm FROM databases"):
+                lag.add_metric([cluster, name], txid - hwm)
+            (waiting,) = conn.execute(
+                "SELECT COUNT(*) FROM databases d WHERE d.txid > (SELECT COALESCE(MAX(max_txid), 0)"
+                " FROM remote_files WHERE db_id = d.id AND level = 1)"
+            ).fetchone()
+            pending.add_metric(["1"], waiting)
+        except sqlite3.Error as e:
+            log.warning("metrics: cannot read the metadata db error=%s", e)
+        finally:
+            conn.close()
+        now = time.time()
+        for level, at in sorted(self.metrics.last_success.items()):
+            age.add_metric([str(level)], now - at)
+        yield from (files, size, lag, pending, age)
+
+
+def init_sentry(dsn: str | None) -> bool:
+    """Report errors to Sentry when a DSN is set (never blocks start-up); True if enabled."""
+    if not dsn:
+        return False
+    from sentry_sdk.integrations.aiohttp import AioHttpIntegration
+
+    sentry_sdk.init(dsn=dsn, integrations=[AioHttpIntegration()], shutdown_timeout=2, traces_sample_rate=0)
+    log.info("sentry enabled")
+    return True
+
+
+def report_exception(exc: BaseException, **tags: str) -> None:
+    """Send an exception to Sentry (if enabled) tagged with e.g. cluster, database and level."""
+    with sentry_sdk.new_scope() as scope:
+        for key, value in tags.items():
+            scope.set_tag(key, value)
+        sentry_sdk.capture_exception(exc)
+
+
+def flush_sentry(timeout: float = 2.0) -> None:
+    """Send pending Sentry events, waiting at most ``timeout`` seconds."""
+    client = sentry_sdk.get_client()
+    if client.is_active():
+        client.flush(timeout=timeout)
+
+
+def timed(histogram: Histogram) -> Callable[[], float]:
+    """Start a timer; calling the result observes the elapsed seconds in ``histogram``."""
+    start = time.perf_counter()
+
+    def _stop() -> float:
+        elapsed = time.perf_counter() - start
+        histogram.observe(elapsed)
+        return elapsed
+
+    return _stop
+
+
+class CountingObjectStore:
+    """Wraps an object store so that every failed call counts in ``lfsb_storage_errors``."""
+
+    def __init__(self, inner: object, counter: Counter) -> None:
+        self._inner = inner
+        self._counter = counter
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self._inner, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+
+        async def _counted(*args: object, **kwargs: object) -> object:
+            try:
+                return await attr(*args, **kwargs)
+            except StorageError:
+                self._counter.labels(name).inc()
+                raise
+
+        return _counted
+
+    def __str__(self) -> str:
+        return str(self._inner)
