@@ -37,6 +37,36 @@ PUBLIC_PATHS = frozenset({"/healthz", "/metrics"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class InFlight:
+    """Counts requests being handled, so a shutdown can wait for them before closing connections."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __enter__(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is in flight (at most ``timeout`` seconds); True if idle."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+INFLIGHT_KEY = web.AppKey("inflight", InFlight)
+
+
 # -- responses --------------------------------------------------------------------------------------
 def json_response(data: Any) -> web.Response:
     """A success body as Go's ``json.MarshalIndent(v, "", "  ")`` writes it (HTML characters escaped)."""
@@ -73,7 +103,8 @@ def _as_lfsb_error(exc: BaseException, request: web.Request) -> LfsbError:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every failure into a JSON error with its status; log our own faults with the traceback."""
     try:
-        return await handler(request)
+        with request.app[INFLIGHT_KEY]:
+            return await handler(request)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception as exc:
@@ -89,7 +120,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 err.code,
                 exc_info=exc,
             )
-        return error_response(err)
+        resp = error_response(err)
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            resp.headers["Allow"] = exc.headers["Allow"]
+        return resp
 
 
 def cluster_from_authorization(value: str | None) -> str:
@@ -274,8 +308,9 @@ async def post_restore(request: web.Request) -> web.Response:
 async def get_restore_check(request: web.Request) -> web.Response:
     """``GET /db/restore/check?db=&(txid=|timestamp=)``: the point a restore would restore (a dry run)."""
     store = request.app[STORE_KEY]
-    db = await store.database(request[CLUSTER_KEY], db_name(request))
+    name = db_name(request)
     txid, ts = parse_target(request, required=True)
+    db = await store.database(request[CLUSTER_KEY], name)
     point = await resolve_point(store, db, txid, ts)
     return json_response({"timestamp": go_time(point.timestamp), "txID": format_txid(point.txid)})
 
@@ -373,6 +408,7 @@ def create_app(store: Store) -> web.Application:
     """The application with every route and middleware, serving ``store``."""
     app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=1024**2)
     app[STORE_KEY] = store
+    app[INFLIGHT_KEY] = InFlight()
     app.router.add_get("/pos", get_pos, allow_head=False)
     app.router.add_post("/db/tx", post_tx)
     app.router.add_get("/db/snapshot", get_snapshot, allow_head=False)

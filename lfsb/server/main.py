@@ -16,7 +16,7 @@ from ..storage import LocalStore, ObjectStore, S3Store, StorageError
 from ..store.compaction import Scheduler
 from ..store.recovery import recover
 from ..store.store import Store
-from .app import create_app
+from .app import INFLIGHT_KEY, create_app
 from .logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class Server:
         self.store = Store(config, self.objects)
         self.scheduler = Scheduler(self.store)
         self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
 
     @property
     def url(self) -> str:
@@ -74,13 +75,12 @@ class Server:
             setting = "BUCKET_NAME" if config.s3 else "LFSB_DATA_PATH"
             raise StartupError(f"{setting}: object storage unusable: {e}") from None
         await recover(self.store)
-        self._runner = web.AppRunner(
-            create_app(self.store), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
-        )
+        self._app = create_app(self.store)
+        self._runner = web.AppRunner(self._app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, config.host, config.port)
+        self._site = web.TCPSite(self._runner, config.host, config.port)
         try:
-            await site.start()
+            await self._site.start()
         except OSError as e:
             raise StartupError(
                 f"LFSB_BIND: cannot listen on {config.host}:{config.port}: {e.strerror or e}"
@@ -90,10 +90,16 @@ class Server:
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests and the running compaction step finish, close."""
-        await asyncio.gather(
-            self.scheduler.stop(SHUTDOWN_TIMEOUT),
-            self._runner.cleanup() if self._runner else asyncio.sleep(0),
-        )
+        if self._site is not None:
+            await self._site.stop()  # stop accepting; open connections carry on
+
+            async def _drain() -> None:
+                if not await self._app[INFLIGHT_KEY].wait_idle(SHUTDOWN_TIMEOUT):
+                    log.warning("shutdown: requests still in flight after %ss", SHUTDOWN_TIMEOUT)
+
+            await asyncio.gather(_drain(), self.scheduler.stop(SHUTDOWN_TIMEOUT))
+        if self._runner is not None:
+            await self._runner.cleanup()
         await self.store.close()
         await self.objects.close()
         await asyncio.to_thread(flush_sentry)
