@@ -7,6 +7,7 @@ import contextlib
 import logging
 import shutil
 import sqlite3
+import tempfile
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -66,23 +67,14 @@ def compact_files(
     inputs: list[BinaryIO], dest: Path, compress: bool, tmp_dir: Path
 ) -> tuple[Header, Trailer]:
     """Merge ``inputs`` (contiguous, oldest first) into ``dest``, in passes of at most 256 files."""
-    partials = []
-    try:
+    with contextlib.ExitStack() as partials:
         while len(inputs) > MAX_COMPACT_INPUTS:
-            partial = tmp_dir / f"partial-{uuid.uuid4().hex}.ltx"
-            partials.append(partial)
-            with open(partial, "wb") as out:
-                compact(inputs[:MAX_COMPACT_INPUTS], out, compress=False)
-            inputs = [open(partial, "rb"), *inputs[MAX_COMPACT_INPUTS:]]  # noqa: SIM115 - closed by caller
-            partials.append(inputs[0])
+            partial = partials.enter_context(tempfile.TemporaryFile(dir=tmp_dir))
+            compact(inputs[:MAX_COMPACT_INPUTS], partial, compress=False)
+            partial.seek(0)
+            inputs = [partial, *inputs[MAX_COMPACT_INPUTS:]]
         with open(dest, "wb") as out:
             return compact(inputs, out, compress=compress)
-    finally:
-        for p in partials:
-            if isinstance(p, Path):
-                p.unlink(missing_ok=True)
-            else:
-                p.close()
 
 
 class Store:
