@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -97,6 +98,8 @@ def write_diff(
             if current.get(pgno) != c:
                 enc.write_frame(pgno, frame)
         enc.close(FLAG | checksum)
+        out.flush()
+        os.fsync(out.fileno())  # acknowledged as L0 once recorded: it must be durable
     return header
 
 
@@ -214,6 +217,8 @@ async def import_database(store: Store, cluster: str, name: str, path: Path) -> 
             def _encode() -> None:
                 with open(path, "rb") as src, open(snapshot, "wb") as out:
                     encode_database(src, out, timestamp=now_ms())
+                    out.flush()
+                    os.fsync(out.fileno())
 
             await asyncio.to_thread(_encode)
             db = await store.write_tx(cluster, name, snapshot)
