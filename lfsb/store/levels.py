@@ -37,7 +37,7 @@ def parse_duration(text: str, setting: str) -> float:
 
 @dataclass(frozen=True)
 class Level:
-    """One compaction level: how often it runs and how long its files are kept (0 = forever)."""
+    """One compaction level: how often it runs and how long its files are kept (0: only while needed)."""
 
     level: int
     interval: float
