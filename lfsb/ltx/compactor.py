@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
 from .decoder import Decoder
@@ -79,37 +79,87 @@ def compact(
     return out_header, enc.close(trailers[-1].post_apply_checksum)
 
 
+def _input_error(e: LTXError, i: int) -> LTXError:
+    return LTXError(e.detail, f"input {i}: {e.stage}")
+
+
 def _read(dec: Decoder, i: int, prev: int) -> tuple[int, memoryview] | None:
     try:
         page = dec.read_page()
     except LTXError as e:
-        raise LTXError(e.detail, f"input {i}: {e.stage}") from None
+        raise _input_error(e, i) from None
     if page is not None and page[0] <= prev:
         raise LTXError(f"out-of-order page numbers: {prev},{page[0]}", f"input {i}")
     return page
 
 
 def _merge_pages(decoders: list[Decoder], enc: Encoder, commit: int) -> None:
-    # Heap entries are (pgno, -input index, frame): for equal pgnos the latest input pops first.
-    heap = []
+    # The heap holds one int key per input, ``pgno << shift | (mask - i)``, so that for equal pgnos the
+    # latest input pops first; ``frames[i]`` is input i's pending frame.
+    shift = len(decoders).bit_length()
+    mask = (1 << shift) - 1
+    frames = [memoryview(b"")] * len(decoders)
+    heap: list[int] = []
     for i, dec in enumerate(decoders):
-        page = _read(dec, i, 0)
-        if page is not None:
-            heap.append((page[0], -i, page[1]))
+        if (page := _read(dec, i, 0)) is not None:
+            heap.append(page[0] << shift | (mask - i))
+            frames[i] = page[1]
     heapq.heapify(heap)
+    reads = [dec.read_page for dec in decoders]
     write_frame = enc.write_frame
-    last_written = 0
-    while heap:
-        pgno, neg_i, frame = heap[0]
-        i = -neg_i
-        if pgno != last_written and pgno <= commit:
-            try:
-                write_frame(pgno, frame)
-            except LTXError as e:
-                raise e.at(f"copy page {pgno} header") from None
-            last_written = pgno
-        page = _read(decoders[i], i, pgno)
+    heappop, heapreplace = heapq.heappop, heapq.heapreplace
+    last = 0
+    while len(heap) > 1:
+        key = heap[0]
+        pgno = key >> shift
+        i = mask - (key & mask)
+        if pgno != last:
+            last = pgno
+            if pgno <= commit:
+                _write(write_frame, pgno, frames[i])
+        try:
+            page = reads[i]()
+        except LTXError as e:
+            raise _input_error(e, i) from None
         if page is None:
-            heapq.heappop(heap)
+            heappop(heap)
+        elif page[0] > pgno:
+            frames[i] = page[1]
+            heapreplace(heap, page[0] << shift | (mask - i))
         else:
-            heapq.heapreplace(heap, (page[0], neg_i, page[1]))
+            raise LTXError(f"out-of-order page numbers: {pgno},{page[0]}", f"input {i}")
+    if heap:
+        i = mask - (heap[0] & mask)
+        _drain(decoders[i], i, heap[0] >> shift, frames[i], last, commit, write_frame)
+
+
+def _drain(
+    dec: Decoder,
+    i: int,
+    pgno: int,
+    frame: memoryview,
+    last: int,
+    commit: int,
+    write_frame: Callable[[int, memoryview], None],
+) -> None:
+    """The merge once input ``i`` is the only one left: copy its pages straight through."""
+    read = dec.read_page
+    while True:
+        if pgno != last and pgno <= commit:
+            _write(write_frame, pgno, frame)
+        try:
+            page = read()
+        except LTXError as e:
+            raise _input_error(e, i) from None
+        if page is None:
+            return
+        if page[0] <= pgno:
+            raise LTXError(f"out-of-order page numbers: {pgno},{page[0]}", f"input {i}")
+        pgno, frame = page
+
+
+def _write(write_frame: Callable[[int, memoryview], None], pgno: int, frame: memoryview) -> None:
+    try:
+        write_frame(pgno, frame)
+    except LTXError as e:
+        raise e.at(f"copy page {pgno} header") from None

@@ -1,8 +1,8 @@
 """Streaming LTX decoder: header, then pages one by one, then the trailer with every check.
 
-Reads from any binary file object and holds at most one LZ4 block (or 64 KiB of a plain file) at a
-time. Errors read exactly like the Go reference's ``Verify`` (``decode header: …``,
-``decode page N: …``, ``close reader: …``).
+Reads from any binary file object and holds at most one LZ4 block (or about 64 KiB of a plain file)
+at a time, plus a copy of one page frame when a frame spans two blocks. Errors read exactly like
+the Go reference's ``Verify`` (``decode header: …``, ``decode page N: …``, ``close reader: …``).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from typing import BinaryIO
+
+from fastcrc import crc64
 
 from .checksum import EMPTY_DB_CHECKSUM, FLAG, crc64_update
 from .errors import CleanEOF, LTXError, PostApplyMismatch, UnexpectedEOF
@@ -19,6 +21,7 @@ from .lz4frame import FrameReader, read_exact
 _RAW_CHUNK = 64 * 1024
 _PGNO = struct.Struct(">I")
 _unpack_pgno = _PGNO.unpack_from
+_go_iso = crc64.go_iso
 
 
 class Decoder:
@@ -34,8 +37,8 @@ class Decoder:
         self.header: Header | None = None
         self._frames_read = 0
         self._crc: int | None = None
-        self._buf = b""
-        self._mv = memoryview(self._buf)
+        self._buf = memoryview(b"")  # the current block (or a bridge over two, see _fill)
+        self._next: memoryview | None = None  # the rest of a block whose head went into a bridge
         self._pos = 0
         self._hashed = 0
         self._frame_size = 0
@@ -44,6 +47,7 @@ class Decoder:
         self._eof = False  # input ended where a page header should start
         self._snapshot_checksum = EMPTY_DB_CHECKSUM
         self._lock_pgno = 0
+        self._is_snapshot = False
 
     # -- header ---------------------------------------------------------------------------------
     def read_header(self) -> Header:
@@ -57,32 +61,49 @@ class Decoder:
         self.header = header
         self._crc = crc64_update(raw)
         self._frame_size = PAGE_HEADER_SIZE + header.page_size
+        self._raw_chunk = max(1, _RAW_CHUNK // self._frame_size) * self._frame_size
         self._lock_pgno = header.lock_pgno
+        self._is_snapshot = header.is_snapshot
         if header.compressed:
             self._lz4 = FrameReader(self._f)
         return header
 
     # -- pages ----------------------------------------------------------------------------------
-    def _next_chunk(self) -> bytes | None:
-        if self._lz4 is not None:
-            return self._lz4.read_block()
-        return self._f.read(_RAW_CHUNK) or None
+    def _next_chunk(self) -> memoryview | None:
+        if self._next is not None:
+            chunk, self._next = self._next, None
+            return chunk
+        if self._lz4 is None:
+            data = self._f.read(self._raw_chunk)
+        elif data := self._lz4.read_block():
+            # The frame holds exactly the page block: hash each block whole, while it is in the cache.
+            self._crc = _go_iso(data, self._crc)
+        return memoryview(data) if data else None
 
     def _fill(self, need: int) -> bool:
-        """Make ``need`` bytes available at ``_pos``; False on a clean end of the page block."""
-        self._crc = crc64_update(self._mv[self._hashed : self._pos], self._crc)
-        parts = [self._buf[self._pos :]]
-        have = len(parts[0])
+        """Make ``need`` bytes contiguous at ``_pos``; False on a clean end of the page block.
+
+        Blocks are never copied: when the bytes span two of them, the part of the second one that
+        is needed is copied after the first one's tail into a small bridge buffer, and the rest of
+        the second one waits in ``_next``.
+        """
+        if self._lz4 is None:  # a plain chunk may run past the page block: hash what was consumed
+            self._crc = crc64_update(self._buf[self._hashed : self._pos], self._crc)
+        rest = self._buf[self._pos :]
+        parts = [rest] if rest else []
+        have = len(rest)
         while have < need:
             chunk = self._next_chunk()
             if chunk is None:
                 if have == 0:
                     return False
                 raise UnexpectedEOF()
+            if have and len(chunk) > need - have:
+                self._next = chunk[need - have :]
+                chunk = chunk[: need - have]
             parts.append(chunk)
             have += len(chunk)
-        self._buf = b"".join(parts) if len(parts) > 1 else parts[0]
-        self._mv = memoryview(self._buf)
+        self._buf = parts[0] if len(parts) == 1 else memoryview(b"".join(parts))
         self._pos = self._hashed = 0
         return True
 
@@ -90,6 +111,24 @@ class Decoder:
         """The next page frame as ``(pgno, frame)``, or None after the end marker."""
         if self._ended or self._eof:
             return None
+        pos = self._pos
+        end = pos + self._frame_size
+        buf = self._buf
+        if end > len(buf) or not (pgno := _unpack_pgno(buf, pos)[0]):
+            located = self._locate_frame()
+            if located is None:
+                return None
+            pgno, pos, end = located
+            buf = self._buf
+        self._pos = end
+        frame = buf[pos:end]
+        if self._is_snapshot and pgno != self._lock_pgno:
+            self._snapshot_checksum ^= _go_iso(frame)
+        self._frames_read += 1
+        return pgno, frame
+
+    def _locate_frame(self) -> tuple[int, int, int] | None:
+        """:meth:`read_page` past its fast path: refill the buffer, or end the page block (None)."""
         try:
             if self._pos + PAGE_HEADER_SIZE > len(self._buf) and not self._fill(PAGE_HEADER_SIZE):
                 self._eof = True
@@ -107,19 +146,14 @@ class Decoder:
                 pos, end = 0, self._frame_size
         except LTXError as e:
             raise e.at(f"decode page {self._frames_read}") from None
-        self._pos = end
-        frame = self._mv[pos:end]
-        if self.header.is_snapshot and pgno != self._lock_pgno:
-            self._snapshot_checksum ^= crc64_update(frame)
-        self._frames_read += 1
-        return pgno, frame
+        return pgno, pos, end
 
     def _end_page_block(self) -> None:
         self._ended = True
         if self._lz4 is None:
             return
         # The end marker must also end the LZ4 frame (and the frame's content checksum must hold).
-        trailing = self._pos < len(self._buf)
+        trailing = self._pos < len(self._buf) or self._next is not None
         if not trailing:
             try:
                 trailing = self._lz4.read_block() is not None
@@ -144,9 +178,12 @@ class Decoder:
         try:
             if not self._ended:
                 raise LTXError("cannot close, expected page")
-            self._crc = crc64_update(self._mv[self._hashed : self._pos], self._crc)
-            self._hashed = self._pos
-            rest = bytes(self._mv[self._pos : self._pos + TRAILER_SIZE])
+            if self._lz4 is None:
+                self._crc = crc64_update(self._buf[self._hashed : self._pos], self._crc)
+                self._hashed = self._pos
+            rest = bytes(self._buf[self._pos : self._pos + TRAILER_SIZE])
+            if len(rest) < TRAILER_SIZE and self._next is not None:
+                rest += self._next[: TRAILER_SIZE - len(rest)]
             if len(rest) < TRAILER_SIZE:
                 try:
                     rest += read_exact(self._f, TRAILER_SIZE - len(rest))

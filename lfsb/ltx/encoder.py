@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO
 
+from fastcrc import crc64
+
 from .checksum import EMPTY_DB_CHECKSUM, FLAG, crc64_update
 from .errors import LTXError
 from .header import PAGE_HEADER_SIZE, Header, Trailer
@@ -13,6 +15,7 @@ from .lz4frame import BLOCK_SIZE, FrameWriter
 _PGNO = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _END_MARKER = b"\x00\x00\x00\x00"
+_go_iso = crc64.go_iso
 
 
 class Encoder:
@@ -30,7 +33,10 @@ class Encoder:
         f.write(raw)
         self._crc = crc64_update(raw)
         self._lz4 = FrameWriter(f) if header.compressed else None
-        self._pending = bytearray()
+        # The page block is copied into one fixed block buffer, written out each time it fills up
+        # (a growing and shrinking bytearray would be moved by realloc again and again).
+        self._block = memoryview(bytearray(BLOCK_SIZE))
+        self._used = 0
         self._prev_pgno = 0
         self._snapshot = header.is_snapshot
         self._lock_pgno = header.lock_pgno
@@ -44,10 +50,13 @@ class Encoder:
         if len(data) != self.header.page_size:
             raise LTXError(f"invalid page buffer size: {len(data)}, expecting {self.header.page_size}")
         self._check_pgno(pgno)
-        start = len(self._pending)
-        self._pending += _PGNO.pack(pgno)
-        self._pending += data
-        self._added(pgno, start)
+        head = _PGNO.pack(pgno)
+        self._append(head)
+        self._append(data)
+        self._prev_pgno = pgno
+        self.pages_written += 1
+        if self._snapshot:
+            self.snapshot_checksum ^= _go_iso(data, _go_iso(head))
 
     def write_frame(self, pgno: int, frame: bytes | bytearray | memoryview) -> None:
         """Append a page frame already laid out as ``be32(pgno) || data`` (as the decoder gives)."""
@@ -56,10 +65,19 @@ class Encoder:
                 f"invalid page buffer size: {len(frame) - PAGE_HEADER_SIZE}, "
                 f"expecting {self.header.page_size}"
             )
-        self._check_pgno(pgno)
-        start = len(self._pending)
-        self._pending += frame
-        self._added(pgno, start)
+        prev = self._prev_pgno
+        # Only a page that does not simply follow on needs the full rule check.
+        if (
+            (pgno != prev + 1 if self._snapshot else pgno <= prev)
+            or pgno > self._commit
+            or pgno == self._lock_pgno
+        ):
+            self._check_pgno(pgno)
+        self._append(frame)
+        self._prev_pgno = pgno
+        self.pages_written += 1
+        if self._snapshot:
+            self.snapshot_checksum ^= _go_iso(frame)
 
     def _check_pgno(self, pgno: int) -> None:
         prev = self._prev_pgno
@@ -83,29 +101,33 @@ class Encoder:
         elif pgno <= prev:
             raise LTXError(f"out-of-order page numbers: {prev},{pgno}")
 
-    def _added(self, pgno: int, start: int) -> None:
-        self._prev_pgno = pgno
-        self.pages_written += 1
-        if self._snapshot:
-            frame = memoryview(self._pending)[start:]
-            self.snapshot_checksum ^= crc64_update(frame)
-            frame.release()
-        if len(self._pending) >= BLOCK_SIZE:
-            self._flush(final=False)
-
-    def _flush(self, final: bool) -> None:
-        pending = self._pending
-        n = len(pending) if final else len(pending) - len(pending) % BLOCK_SIZE
-        if n == 0:
+    def _append(self, data: bytes | bytearray | memoryview) -> None:
+        """Copy ``data`` into the block buffer, writing out every block that fills up."""
+        used = self._used
+        n = len(data)
+        if used + n < BLOCK_SIZE:
+            self._block[used : used + n] = data
+            self._used = used + n
             return
-        with memoryview(pending) as mv:
-            self._crc = crc64_update(mv[:n], self._crc)
-            if self._lz4 is None:
-                self._f.write(mv[:n])
-            else:
-                for off in range(0, n, BLOCK_SIZE):
-                    self._lz4.write_block(mv[off : min(off + BLOCK_SIZE, n)])
-        del pending[:n]
+        block = self._block
+        done = 0
+        while done < n:
+            take = min(BLOCK_SIZE - used, n - done)
+            block[used : used + take] = data[done : done + take]
+            used += take
+            done += take
+            if used == BLOCK_SIZE:
+                self._write_block(block)
+                used = 0
+        self._used = used
+
+    def _write_block(self, data: memoryview) -> None:
+        # The file object must be done with ``data`` when write returns: the buffer is reused.
+        self._crc = _go_iso(data, self._crc)
+        if self._lz4 is None:
+            self._f.write(data)
+        else:
+            self._lz4.write_block(data)
 
     def close(self, post_apply_checksum: int | None = None) -> Trailer:
         """Finish the file. ``post_apply_checksum`` defaults to the computed one for snapshots."""
@@ -113,8 +135,9 @@ class Encoder:
             if not self._snapshot:
                 raise LTXError("post-apply checksum required")
             post_apply_checksum = FLAG | self.snapshot_checksum
-        self._pending += _END_MARKER
-        self._flush(final=True)
+        self._append(_END_MARKER)
+        if self._used:
+            self._write_block(self._block[: self._used])
         if self._lz4 is not None:
             self._lz4.close()
         post = _U64.pack(post_apply_checksum)

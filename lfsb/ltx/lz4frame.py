@@ -29,6 +29,7 @@ _U32 = struct.Struct("<I")
 _FRAME_DESCRIPTOR = bytes.fromhex("04224d186440a7")
 _END_MARK = b"\x00\x00\x00\x00"
 _DICT_SIZE = 64 * 1024
+_SKIP_CHUNK = 64 * 1024
 
 
 def read_exact(f: BinaryIO, n: int) -> bytes:
@@ -57,6 +58,12 @@ def _read_more(f: BinaryIO, n: int) -> bytes:
         raise UnexpectedEOF() from None
 
 
+def _skip(f: BinaryIO, n: int) -> None:
+    """Drop ``n`` bytes, read in bounded pieces: a skippable frame may claim up to 4 GiB."""
+    while n > 0:
+        n -= len(_read_more(f, min(n, _SKIP_CHUNK)))
+
+
 class FrameReader:
     """Reads the blocks of one LZ4 frame from ``f`` (skipping skippable frames before it)."""
 
@@ -80,7 +87,7 @@ class FrameReader:
                 return False
             if magic & SKIPPABLE_MAGIC_MASK == SKIPPABLE_MAGIC:
                 (size,) = _U32.unpack(_read_more(f, 4))
-                _read_more(f, size)
+                _skip(f, size)
                 continue
             if magic != FRAME_MAGIC:
                 raise LTXError("lz4: bad magic number")

@@ -15,6 +15,7 @@ from .lz4frame import read_exact
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SQLITE_HEADER_SIZE = 100
+_WRITE_BATCH = 256 * 1024
 
 
 class SQLiteHeader(NamedTuple):
@@ -63,22 +64,30 @@ def decode_database(f: BinaryIO, out: BinaryIO) -> tuple[Header, Trailer]:
         raise LTXError("cannot decode non-snapshot LTX file to SQLite database")
     lock = header.lock_pgno
     zeros = bytes(header.page_size)
+    read_page = dec.read_page
+    batch: list[bytes | memoryview] = []  # pages are written in batches: fewer, larger writes
+    batch_pages = max(1, _WRITE_BATCH // header.page_size)
     for pgno in range(1, header.commit + 1):
         if pgno == lock:
-            out.write(zeros)
-            continue
-        try:
-            page = dec.read_page()
-        except LTXError as e:
-            raise e.at(f"decode page {pgno}") from None
-        if page is None:
-            raise LTXError("EOF", f"decode page {pgno}")
-        if page[0] != pgno:
-            raise LTXError(
-                f"unexpected pgno while decoding page: read {page[0]}, expected {pgno}",
-                f"decode page {pgno}",
-            )
-        out.write(page[1][4:])
+            batch.append(zeros)
+        else:
+            try:
+                page = read_page()
+            except LTXError as e:
+                raise e.at(f"decode page {pgno}") from None
+            if page is None:
+                raise LTXError("EOF", f"decode page {pgno}")
+            if page[0] != pgno:
+                raise LTXError(
+                    f"unexpected pgno while decoding page: read {page[0]}, expected {pgno}",
+                    f"decode page {pgno}",
+                )
+            batch.append(page[1][4:])
+        if len(batch) == batch_pages:
+            out.write(b"".join(batch))
+            batch.clear()
+    if batch:
+        out.write(b"".join(batch))
     page = dec.read_page()
     if page is not None:
         raise LTXError(f"unexpected page {page[0]} after commit {header.commit}")
