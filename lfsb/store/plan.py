@@ -112,14 +112,14 @@ def point_before(files: Iterable[LTXFile], timestamp: int) -> Point:
 
 def needed_files(
     files: Iterable[LTXFile], points: Iterable[int], cost: Callable[[LTXFile], int] = file_cost
-) -> set[tuple[int, int]]:
-    """``(level, min_txid)`` of every file in the cheapest plans of ``points``."""
+) -> set[tuple[int, int, int]]:
+    """The :attr:`~LTXFile.key` of every file in the cheapest plans of ``points``."""
     best = reachable(files, cost=cost)
-    needed: set[tuple[int, int]] = set()
+    needed: set[tuple[int, int, int]] = set()
     for txid in points:
         while txid in best:
             f = best[txid][1]
-            key = (f.level, f.min_txid)
+            key = f.key
             if key in needed or f.min_txid == 1:
                 needed.add(key)
                 break

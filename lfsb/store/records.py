@@ -60,6 +60,11 @@ class LTXFile:
         return format_filename(self.min_txid, self.max_txid)
 
     @property
+    def key(self) -> tuple[int, int, int]:
+        """(level, min TXID, max TXID): what identifies a file (every snapshot starts at TXID 1)."""
+        return (self.level, self.min_txid, self.max_txid)
+
+    @property
     def is_snapshot(self) -> bool:
         """True when the file starts at TXID 1 (it holds the whole database)."""
         return self.min_txid == 1
