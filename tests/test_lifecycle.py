@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
-import socket
-import sys
 import time
 import tomllib
 from collections.abc import AsyncIterator
@@ -19,57 +16,11 @@ import pytest
 from aiohttp import web
 
 from lfsb.ltx import encode_database
+from tests.lfsb_server import ServerProcess, free_port
 from tests.litefs import LiteFSEmulator
 from tests.s3server import S3Server, create_bucket
 
 REPO = Path(__file__).resolve().parents[1]
-SERVER = [sys.executable, "-c", "from lfsb.server.main import main; main()"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """``lfsb-server`` as a subprocess, with its stderr collected."""
-
-    def __init__(self, data: Path, port: int | None = None, **env: str) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "LFSB_DATA_PATH": str(data),
-            "LFSB_BIND": f"127.0.0.1:{self.port}",
-            "LFSB_LEVELS": "1=1h/1h,2=2h/30d,3=3h/30d",
-            **env,
-        }
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            *SERVER, env=self.env, stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL
-        )
-
-    async def wait_ready(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                assert self.proc.returncode is None, await self.proc.stderr.read()
-                try:
-                    async with session.get(self.url + "/healthz") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise AssertionError("server did not become ready")
-
-    async def finish(self, timeout: float = 30) -> tuple[int, str]:
-        """Wait for the process to exit; its exit code and stderr."""
-        stderr = await asyncio.wait_for(self.proc.stderr.read(), timeout)
-        return await asyncio.wait_for(self.proc.wait(), timeout), stderr.decode()
 
 
 @pytest.fixture

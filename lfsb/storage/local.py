@@ -49,6 +49,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_dirs(path: Path) -> None:
+    """``mkdir -p`` that survives a power loss: every directory it creates is fsynced into its parent."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)
+        _fsync_dir(d.parent)
+
+
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + _META_SUFFIX)
 
@@ -76,7 +87,7 @@ class LocalStore(ObjectStore):
     def _write_atomic(self, dest: Path, fill: Callable[[BinaryIO], object]) -> None:
         """Write ``dest`` through a temp file in its directory: fill, fsync, rename (no directory fsync)."""
         with self._dirs_lock:
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(dest.parent)
             fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -224,7 +235,7 @@ class LocalStore(ObjectStore):
         log.debug("deleted %d files from %s", len(infos), self)
 
     def _check_sync(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.root)
         fd, probe = tempfile.mkstemp(dir=self.root, prefix=".check.", suffix=".tmp")
         try:
             os.write(fd, b"ok")

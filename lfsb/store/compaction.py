@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable
 
 from ..errors import LfsbError
+from ..faults import crash_point
 from ..ltx import format_txid
 from ..observability import report_exception, timed
 from ..storage import FileMetadata
@@ -54,6 +55,7 @@ async def _upload(store: Store, db: Database, level: int, inputs: list[LTXFile] 
         else:
             async with store.open_files(db, inputs) as handles:
                 header, trailer = await asyncio.to_thread(compact_files, handles, dest, True, store.tmp_dir)
+        crash_point(f"compaction.l{level}.built")
         meta = FileMetadata(
             header.page_size,
             header.commit,
@@ -66,6 +68,7 @@ async def _upload(store: Store, db: Database, level: int, inputs: list[LTXFile] 
         )
     finally:
         dest.unlink(missing_ok=True)
+    crash_point(f"compaction.l{level}.uploaded")
     uploaded = LTXFile(
         level,
         header.min_txid,
@@ -80,6 +83,7 @@ async def _upload(store: Store, db: Database, level: int, inputs: list[LTXFile] 
     if not await store.record_upload(db, uploaded, raise_hwm=level == 1):
         await store.objects.delete([info])  # the database was deleted meanwhile
         return None
+    crash_point(f"compaction.l{level}.recorded")
     log.info(
         "compacted cluster=%s database=%s level=%d min=%s max=%s size=%d",
         db.cluster,

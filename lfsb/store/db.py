@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 _U64 = 1 << 64
 _I64_MAX = (1 << 63) - 1
+FSYNC_THREADS = 4
+"""Directories fsynced at once before a group commit."""
 _MIGRATION = re.compile(r"([0-9]+)_[A-Za-z0-9_]+\.sql")
 
 
@@ -30,6 +34,15 @@ def to_sql(checksum: int) -> int:
 def from_sql(value: int) -> int:
     """The u64 checksum stored by :func:`to_sql`."""
     return value & (_U64 - 1)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def now_ms() -> int:
@@ -74,6 +87,26 @@ def apply_migrations(conn: sqlite3.Connection) -> list[str]:
     return applied
 
 
+@dataclass
+class _Write:
+    """A queued :meth:`MetaDB.write`: the function, where its result goes, and the result once run."""
+
+    fn: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+    ok: bool = False
+    value: Any = None
+    """The function's result if ``ok``, else the exception that failed it (None: not run yet)."""
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if not future.done():  # the caller may have been cancelled meanwhile
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
 class MetaDB:
     """Async access to the metadata db: :meth:`write` on the single writer thread, :meth:`read` elsewhere."""
 
@@ -85,6 +118,10 @@ class MetaDB:
         self._write_conn: sqlite3.Connection | None = None
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._queue: list[_Write] = []
+        self._queue_lock = threading.Lock()
+        self._dirs: set[Path] = set()
+        self._fsyncs = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="lfsb-db-fsync")
 
     async def open(self) -> None:
         """Open the writer connection and apply pending migrations."""
@@ -105,16 +142,46 @@ class MetaDB:
                 self._all.append(conn)
         return conn
 
-    def _run_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _run_writes(self) -> None:
+        """Run every queued write in one transaction, each in its own savepoint (group commit: concurrent
+        writers share one commit, so one fsync), then hand out the results, only after the commit."""
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+        if not batch:
+            return
         conn = self._write_conn
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            result = fn(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return result
+            conn.execute("BEGIN IMMEDIATE")
+            for w in batch:
+                conn.execute("SAVEPOINT write")
+                try:
+                    w.value, w.ok = w.fn(conn), True
+                except BaseException as e:
+                    w.value = e
+                    if not conn.in_transaction:
+                        raise  # SQLite rolled the whole transaction back: the batch is lost
+                    conn.execute("ROLLBACK TO write")
+                conn.execute("RELEASE write")
+            # Concurrent fsyncs share the filesystem's journal commits; any failure fails the batch.
+            list(self._fsyncs.map(fsync_dir, self._dirs))
+            conn.execute("COMMIT")
+        except BaseException as e:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for w in batch:
+                if w.ok or w.value is None:  # rolled back, or never run
+                    w.ok, w.value = False, e
+        finally:
+            self._dirs.clear()
+        for w in batch:
+            w.loop.call_soon_threadsafe(_settle, w.future, w.ok, w.value)
+
+    def fsync_before_commit(self, directory: Path) -> None:
+        """From a write function: make a rename in ``directory`` durable before the transaction commits.
+
+        The directories of all the writes committed together are fsynced concurrently, once each.
+        """
+        self._dirs.add(directory)
 
     def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._reader()
@@ -125,8 +192,17 @@ class MetaDB:
             conn.execute("COMMIT")
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(conn)`` in one ``BEGIN IMMEDIATE`` transaction on the writer thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._writer, self._run_write, fn)
+        """Run ``fn(conn)`` atomically on the writer thread and return once it is committed.
+
+        It runs in a savepoint of a ``BEGIN IMMEDIATE`` transaction shared with the writes queued
+        meanwhile: if ``fn`` raises, only its own changes are rolled back.
+        """
+        loop = asyncio.get_running_loop()
+        w = _Write(fn, loop.create_future(), loop)
+        with self._queue_lock:
+            self._queue.append(w)
+        self._writer.submit(self._run_writes)
+        return await w.future
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` in one read transaction (a consistent snapshot) on a reader thread."""
@@ -137,6 +213,7 @@ class MetaDB:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._writer.shutdown)
         await loop.run_in_executor(None, self._readers.shutdown)
+        await loop.run_in_executor(None, self._fsyncs.shutdown)
         with self._lock:
             conns = [*self._all, self._write_conn]
             self._all.clear()

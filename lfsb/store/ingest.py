@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import sqlite3
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import Kind, LfsbError, bad_ltx, internal, pos_mismatch
+from ..faults import crash_point
 from ..ltx import (
     EMPTY_DB_CHECKSUM,
     FLAG,
@@ -25,8 +27,10 @@ from ..ltx import (
     PostApplyMismatch,
     Trailer,
     frame_checksum,
+    timestamp_to_datetime,
 )
-from .db import from_sql, to_sql
+from ..storage.local import make_dirs
+from .db import from_sql, fsync_dir, to_sql
 from .records import DATABASE_COLUMNS, Database
 
 MAX_TXID = (1 << 63) - 1
@@ -58,6 +62,7 @@ def inspect(path: Path) -> Incoming:
             header = dec.read_header()
             if header.max_txid > MAX_TXID:
                 raise bad_ltx(f"transaction id out of range: {header.max_txid}")
+            timestamp_to_datetime(header.timestamp)  # LTXError outside years 1-9999 (unstorable)
             lock, commit, prev = header.lock_pgno, header.commit, 0
             for pgno, frame in dec.pages():
                 if pgno <= prev:
@@ -113,9 +118,19 @@ def l0_path(l0_root: Path, cluster: str, name: str, filename: str) -> Path:
 
 
 def record(
-    conn: sqlite3.Connection, cluster: str, name: str, inc: Incoming, l0_root: Path, now: int
+    conn: sqlite3.Connection,
+    cluster: str,
+    name: str,
+    inc: Incoming,
+    l0_root: Path,
+    now: int,
+    sync_dir: Callable[[Path], None] = fsync_dir,
 ) -> Database:
-    """Check ``inc`` against the current state and record it as L0 (writer thread, one transaction)."""
+    """Check ``inc`` against the current state and record it as L0 (writer thread, one transaction).
+
+    ``sync_dir(directory)`` must make the file's rename into ``directory`` durable before the
+    transaction commits (:meth:`MetaDB.fsync_before_commit` does it for a whole group commit).
+    """
     h, trailer = inc.header, inc.trailer
     db = find_database(conn, cluster, name)
     pos = db.pos if db else Pos(0, 0)
@@ -192,17 +207,9 @@ def record(
         ),
     )
     dest = l0_path(l0_root, cluster, name, h.filename)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(dest.parent)
     os.replace(inc.path, dest)
-    fsync_dir(dest.parent)
+    sync_dir(dest.parent)
+    crash_point("ingest.renamed")
     hwm = db.hwm if db else 0
     return Database(db_id, cluster, name, h.page_size, new_commit, h.max_txid, checksum, h.timestamp, hwm)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or unlink in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -15,12 +15,13 @@ import logging
 import shutil
 import sqlite3
 
+from ..faults import crash_point
 from ..ltx import Decoder, frame_checksum
 from ..storage import FileInfo
 from .db import now_ms, to_sql
 from .ingest import find_database
 from .plan import snapshot_plan
-from .records import REMOTE_COLUMNS, Database, LTXFile
+from .records import DATABASE_COLUMNS, REMOTE_COLUMNS, Database, LTXFile
 from .store import Store, compact_files
 
 log = logging.getLogger(__name__)
@@ -127,9 +128,12 @@ async def _rebuild(store: Store, cluster: str, name: str, infos: list[FileInfo])
         )
         _insert_index(conn, db_id, page_size, files)
 
+    # Commit first: a crash before the L0 files are gone leaves unreferenced files (removed at the
+    # next start), never rows that refer to deleted files.
     async with store.locks(cluster, name).files:
-        await asyncio.to_thread(shutil.rmtree, store.l0_dir / cluster / name, True)
         await store.meta.write(_replace)
+        crash_point("recovery.rebuilt")
+        await asyncio.to_thread(shutil.rmtree, store.l0_dir / cluster / name, True)
     log.info(
         "database recovered from storage cluster=%s database=%s txid=%016x files=%d",
         cluster,
@@ -159,6 +163,7 @@ async def _reconcile(store: Store, db: Database, infos: list[FileInfo]) -> None:
             top = max(f.max_txid for f in added if f.level == 1) if any(f.level == 1 for f in added) else 0
             conn.execute("UPDATE databases SET hwm = MAX(hwm, ?) WHERE id = ?", (min(top, db.txid), db.id))
 
+    crash_point("recovery.reconcile")
     await store.meta.write(_update)
     log.info(
         "index reconciled with storage cluster=%s database=%s added=%d dropped=%d",
@@ -169,19 +174,40 @@ async def _reconcile(store: Store, db: Database, infos: list[FileInfo]) -> None:
     )
 
 
+async def _recover_database(store: Store, cluster: str, name: str) -> bool:
+    """Rebuild or reconcile one database; False when storage holds no file of it."""
+    infos = await _list_all(store, cluster, name)
+    if not infos:
+        return False
+    local = await store.meta.read(lambda c: find_database(c, cluster, name))
+    if local is None or local.txid < max(i.max_txid for i in infos):
+        await _rebuild(store, cluster, name, infos)
+    else:
+        await _reconcile(store, local, infos)
+    return True
+
+
+def _indexed_databases(conn: sqlite3.Connection) -> list[Database]:
+    """The databases that have entries in the index of remote files."""
+    query = f"SELECT {DATABASE_COLUMNS} FROM databases WHERE id IN (SELECT db_id FROM remote_files)"
+    return [Database.from_row(r) for r in conn.execute(query)]
+
+
 async def recover(store: Store) -> None:
-    """Rebuild or reconcile the local state of every database found in storage."""
+    """Rebuild or reconcile the local state of every database found in storage, and drop the index
+    entries of databases with nothing left in storage. A database that cannot be recovered (say, its
+    files in storage do not start with a snapshot) is logged and left as it is; the others go on."""
     started = now_ms()
     count = 0
+    listed: set[tuple[str, str]] = set()
     for cluster in await store.objects.list_clusters():
         for name in await store.objects.list_databases(cluster):
-            infos = await _list_all(store, cluster, name)
-            if not infos:
-                continue
-            count += 1
-            local = await store.meta.read(lambda c, cl=cluster, n=name: find_database(c, cl, n))
-            if local is None or local.txid < max(i.max_txid for i in infos):
-                await _rebuild(store, cluster, name, infos)
-            else:
-                await _reconcile(store, local, infos)
+            listed.add((cluster, name))
+            try:
+                count += await _recover_database(store, cluster, name)
+            except Exception:
+                log.exception("cannot recover database from storage cluster=%s database=%s", cluster, name)
+    for db in await store.meta.read(_indexed_databases):
+        if (db.cluster, db.name) not in listed:
+            await _reconcile(store, db, [])
     log.info("storage scanned databases=%d ms=%d", count, now_ms() - started)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import Kind, LfsbError, not_found_db
+from ..faults import crash_point
 from ..ltx import (
     EMPTY_DB_CHECKSUM,
     FLAG,
@@ -135,6 +136,7 @@ async def append_state(
 
         try:
             await asyncio.to_thread(_write)
+            crash_point("append.written")
             return await store.write_tx(cluster, name, path)
         except LfsbError as e:
             if e.code != "EPOSMISMATCH" or attempt == APPEND_ATTEMPTS - 1:
@@ -180,10 +182,12 @@ async def restore(store: Store, db: Database, txid: int) -> int:
     log.info("restoring cluster=%s database=%s txid=%016x", db.cluster, db.name, txid)
     snapshot = store.temp_path("restore")
     try:
-        await store.build_snapshot(db, txid, snapshot)
+        await store.build_snapshot(db, txid, snapshot, compress=False)  # read once, right here
+        crash_point("restore.built")
         restored = await append_state(store, db.cluster, db.name, lambda: _SnapshotSource(snapshot))
     finally:
         snapshot.unlink(missing_ok=True)
+    crash_point("restore.appended")
     log.info(
         "database restored cluster=%s database=%s target=%016x txid=%016x",
         db.cluster,
@@ -226,5 +230,6 @@ async def import_database(store: Store, cluster: str, name: str, path: Path) -> 
             snapshot.unlink(missing_ok=True)
     else:
         db = await append_state(store, cluster, name, lambda: _SQLiteSource(path))
+    crash_point("import.appended")
     log.info("database imported cluster=%s database=%s txid=%016x", cluster, name, db.txid)
     return db

@@ -1,9 +1,12 @@
 """Retention for every level, L0 and snapshots included, that keeps every retained point restorable.
 
 A file expires when it is older than its level's retention and the next level has already taken
-it in. An expired file is deleted only when no plan for a retained point needs it: the retained
-points are the current position and the end of every file that has not expired, and their plans
-prefer files that have not expired (design.md §2; upstream never pruned L3 or snapshots).
+it in. The newest file of each level in storage never expires: its max TXID is where the next
+compaction into that level continues from (without it, compaction would stall for good, as the
+source files it would need to restart from are gone). An expired file is deleted only when no plan
+for a retained point needs it: the retained points are the current position and the end of every
+file that has not expired, and their plans prefer files that have not expired (design.md §2;
+upstream never pruned L3 or snapshots).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import sqlite3
 from collections.abc import Mapping
 
+from ..faults import crash_point
 from .db import now_ms
 from .levels import SNAPSHOT_LEVEL
 from .plan import file_cost, needed_files
@@ -37,19 +41,21 @@ def expired_files(
     def expired(f: LTXFile) -> bool:
         if f.level not in retention or f.created_at > now - retention[f.level] * 1000:
             return False
+        if f.level != L0 and f.max_txid == level_max[f.level]:
+            return False
         nxt = next_level.get(f.level)
         return nxt is None or f.max_txid <= level_max.get(nxt, 0)
 
-    stale = {(f.level, f.min_txid) for f in files if expired(f)}
+    stale = {f.key for f in files if expired(f)}
     if not stale:
         return []
-    kept = {current_txid} | {f.max_txid for f in files if (f.level, f.min_txid) not in stale}
+    kept = {current_txid} | {f.max_txid for f in files if f.key not in stale}
 
     def cost(f: LTXFile) -> int:
-        return file_cost(f) + (_EXPIRED_PENALTY if (f.level, f.min_txid) in stale else 0)
+        return file_cost(f) + (_EXPIRED_PENALTY if f.key in stale else 0)
 
     needed = needed_files(files, kept, cost)
-    return [f for f in files if (f.level, f.min_txid) in stale and (f.level, f.min_txid) not in needed]
+    return [f for f in files if f.key in stale and f.key not in needed]
 
 
 async def enforce_retention(store: Store, db: Database, retention: Mapping[int, float]) -> int:
@@ -65,11 +71,13 @@ async def enforce_retention(store: Store, db: Database, retention: Mapping[int, 
 
             def _forget(conn: sqlite3.Connection) -> None:
                 conn.executemany(
-                    "DELETE FROM remote_files WHERE db_id = ? AND level = ? AND min_txid = ?",
-                    [(db.id, f.level, f.min_txid) for f in remote],
+                    "DELETE FROM remote_files"
+                    " WHERE db_id = ? AND level = ? AND min_txid = ? AND max_txid = ?",
+                    [(db.id, *f.key) for f in remote],
                 )
 
             await store.meta.write(_forget)
+        crash_point("retention.unindexed")
         await store.objects.delete([store.remote_info(db, f) for f in remote])
     log.info(
         "retention removed files cluster=%s database=%s count=%d levels=%s",

@@ -18,9 +18,11 @@ from typing import BinaryIO
 
 from ..config import Config
 from ..errors import Kind, LfsbError, not_found_db
+from ..faults import crash_point
 from ..ltx import Header, Pos, Trailer, compact, parse_filename
 from ..observability import CountingObjectStore, Metrics
-from ..storage import FileInfo, ObjectStore
+from ..storage import FileInfo, NotFound, ObjectStore
+from ..storage.local import make_dirs
 from .db import MetaDB, now_ms, to_sql
 from .ingest import find_database, inspect, l0_path, record
 from .plan import snapshot_plan
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 MAX_COMPACT_INPUTS = 256
 """Most files merged in one pass; longer plans are merged in several passes."""
 DOWNLOAD_CONCURRENCY = 8
+PLAN_ATTEMPTS = 3
 
 
 @dataclass
@@ -96,10 +99,10 @@ class Store:
         """Create the data directory layout, open the metadata db and drop leftovers of a crash."""
 
         def _prepare() -> None:
-            self.data_path.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.data_path)
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
             self.tmp_dir.mkdir()
-            self.l0_dir.mkdir(exist_ok=True)
+            make_dirs(self.l0_dir)
 
         await asyncio.to_thread(_prepare)
         await self.meta.open()
@@ -212,11 +215,14 @@ class Store:
         """Verify the LTX file at ``path`` and append it to the database (the file is moved into L0)."""
         inc = await asyncio.to_thread(inspect, path)
         try:
-            db = await self.meta.write(lambda c: record(c, cluster, name, inc, self.l0_dir, now_ms()))
+            db = await self.meta.write(
+                lambda c: record(c, cluster, name, inc, self.l0_dir, now_ms(), self.meta.fsync_before_commit)
+            )
         except LfsbError as e:
             if e.code == "EPOSMISMATCH":
                 self.metrics.pos_mismatches.labels(cluster).inc()
             raise
+        crash_point("ingest.committed")
         self.metrics.tx_total.labels(cluster).inc(inc.header.max_txid - inc.header.min_txid + 1)
         self.metrics.tx_files.labels(cluster).inc()
         self.metrics.tx_bytes.labels(cluster).inc(inc.size)
@@ -270,10 +276,19 @@ class Store:
     async def build_snapshot(
         self, db: Database, txid: int, dest: Path, compress: bool = True
     ) -> tuple[Header, Trailer]:
-        """Write the snapshot of ``db`` at exactly ``txid`` to ``dest`` (ENOTXID if not restorable)."""
-        plan = snapshot_plan(await self.files(db), txid)
-        async with self.open_files(db, plan) as handles:
-            return await asyncio.to_thread(compact_files, handles, dest, compress, self.tmp_dir)
+        """Write the snapshot of ``db`` at exactly ``txid`` to ``dest`` (ENOTXID if not restorable).
+
+        Planned again when a planned file vanishes meanwhile: an export does not wait for retention,
+        which may remove a file once another one covers its transactions."""
+        for attempt in range(PLAN_ATTEMPTS):
+            plan = snapshot_plan(await self.files(db), txid)
+            try:
+                async with self.open_files(db, plan) as handles:
+                    return await asyncio.to_thread(compact_files, handles, dest, compress, self.tmp_dir)
+            except (FileNotFoundError, NotFound):
+                if attempt == PLAN_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     async def record_upload(self, db: Database, f: LTXFile, raise_hwm: bool) -> bool:
         """Add an uploaded file to the index (and raise the HWM); False if the database is gone."""
@@ -328,6 +343,7 @@ class Store:
                     [(db.id, f.min_txid) for f in files],
                 )
             )
+            crash_point("retention.l0_unindexed")
 
             def _unlink() -> None:
                 for f in files:
