@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -33,8 +34,12 @@ class APIError(Exception):
 
 def base_url(endpoint: str) -> str:
     """Scheme and host of ``endpoint`` (any path is dropped, as LiteFS and the Go CLI do)."""
-    parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+        valid = parts.scheme in ("http", "https") and bool(parts.netloc)
+    except ValueError:  # e.g. "http://[::1": an unclosed IPv6 bracket
+        valid = False
+    if not valid:
         raise APIError(f"invalid endpoint {endpoint!r} (expected e.g. {DEFAULT_ENDPOINT})")
     return f"{parts.scheme}://{parts.netloc}"
 
@@ -80,9 +85,10 @@ class Client:
         try:
             resp = await self._http().request(method, self.url + path, **kwargs)
         except aiohttp.ClientConnectorError as e:
-            reason = e.os_error.strerror or str(e.os_error) or "connection failed"
+            err = e.os_error  # asyncio's "Connect call failed ('127.0.0.1', 2200)": the errno says why
+            reason = os.strerror(err.errno) if (err.errno or 0) > 0 else err.strerror or str(err) or "failed"
             raise APIError(f"cannot connect to {self.url}: {reason} (is lfsb-server running?)") from None
-        except (TimeoutError, aiohttp.ClientError) as e:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as e:  # ValueError: a header it won't send
             raise APIError(f"request to {self.url} failed: {e or type(e).__name__}") from None
         if resp.status >= 400:
             body = await resp.read()

@@ -16,6 +16,7 @@ import click
 
 from ..client import DEFAULT_ENDPOINT, APIError, Client
 from ..ltx import LTXError, format_txid, parse_timestamp, parse_txid
+from .ltx import error_message
 from .output import print_fields, print_json, print_table
 
 T = TypeVar("T")
@@ -50,6 +51,8 @@ def api_command(f: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
             return asyncio.run(_run())
         except APIError as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:  # a local file: the output of export, the input of import
+            raise click.ClickException(error_message(e)) from None
 
     return wrapper
 
@@ -132,7 +135,9 @@ async def info(client: Client, db: str, all_points: bool, as_json: bool) -> None
 
 @click.command()
 @click.argument("db")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="File to write (default: stdout).")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="File to write (default: stdout)."
+)
 @click.option(
     "-f", "--format", "fmt", type=click.Choice(["sqlite", "ltx"]), default="sqlite", show_default=True
 )
@@ -160,8 +165,10 @@ async def export(
 
 def copy_database(src: Path, dest: Path) -> None:
     """A consistent copy of a (possibly live, WAL-mode) SQLite database through the backup API."""
-    source = sqlite3.connect(f"file:{src}?mode=ro", uri=True)
+    source = sqlite3.connect(f"{src.resolve().as_uri()}?mode=ro", uri=True)  # as_uri escapes # ? %
     try:
+        if source.execute("PRAGMA page_count").fetchone()[0] == 0:  # the copy would have a page
+            raise sqlite3.DatabaseError("the database is empty")
         target = sqlite3.connect(dest)
         try:
             source.backup(target)

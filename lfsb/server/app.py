@@ -7,16 +7,17 @@ import errno
 import json
 import logging
 import os
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import sentry_sdk
 from aiohttp import web
 
 from ..errors import Kind, LfsbError, bad_input, internal
 from ..ltx import LTXError, decode_database, format_timestamp, format_txid, parse_timestamp, parse_txid
-from ..names import validate_cluster, validate_database
+from ..names import validate_cluster, validate_cluster_id, validate_database
 from ..observability import CONTENT_TYPE, report_exception, timed
 from ..storage import StorageError
 from ..store.plan import Point, point_at, point_before, restorable_points
@@ -81,6 +82,13 @@ def error_response(err: LfsbError) -> web.Response:
     return web.Response(status=err.status, text=text, content_type="application/json")
 
 
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT from a file write, or SQLITE_FULL from the metadata db (which reports no errno)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def _as_lfsb_error(exc: BaseException, request: web.Request) -> LfsbError:
     if isinstance(exc, LfsbError):
         return exc
@@ -93,7 +101,7 @@ def _as_lfsb_error(exc: BaseException, request: web.Request) -> LfsbError:
         )
     if isinstance(exc, StorageError):
         return LfsbError(Kind.UNAVAILABLE, "ESTORAGE", f"object storage unavailable: {exc}")
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if _disk_full(exc):
         return LfsbError(Kind.INSUFFICIENT_STORAGE, "ENOSPACE", "no space left in the data directory")
     return internal("internal error")
 
@@ -105,9 +113,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         with request.app[INFLIGHT_KEY]:
             return await handler(request)
-    except (asyncio.CancelledError, ConnectionResetError):
+    except asyncio.CancelledError:
         raise
     except Exception as exc:
+        if isinstance(exc, ConnectionResetError) and _client_gone(request):
+            # The client went away mid-body or mid-download: nobody to answer, nothing of ours to report
+            # (re-raised, aiohttp would log it as an error with a traceback).
+            log.info("client disconnected method=%s path=%s", request.method, request.path)
+            return web.Response(status=499)  # never delivered; it only shows in the access log
         err = _as_lfsb_error(exc, request)
         if err.kind is Kind.INTERNAL or err.kind is Kind.UNAVAILABLE:
             report_exception(exc, cluster=request.get(CLUSTER_KEY, ""), database=request.query.get("db", ""))
@@ -124,6 +137,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if isinstance(exc, web.HTTPMethodNotAllowed):
             resp.headers["Allow"] = exc.headers["Allow"]
         return resp
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def cluster_from_authorization(value: str | None) -> str:
@@ -145,7 +163,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if "db" in request.query:
         sentry_sdk.set_tag("database", request.query["db"])
     if cluster_id := request.headers.get("Litefs-Cluster-Id"):
-        await request.app[STORE_KEY].check_cluster_id(cluster, cluster_id)
+        await request.app[STORE_KEY].check_cluster_id(cluster, validate_cluster_id(cluster_id))
     return await handler(request)
 
 
@@ -193,11 +211,15 @@ def go_time(ms: int) -> str:
 
 
 async def receive_body(request: web.Request, dest: Path, limit: int) -> int:
-    """Stream the request body to ``dest`` (fsynced), refusing more than ``limit`` bytes with 413."""
+    """Stream the request body to ``dest`` (fsynced), refusing more than ``limit`` bytes with 413.
+
+    The file is opened once the body outgrows the buffer, so a small body takes one trip to a worker
+    thread (open, write, fsync, close).
+    """
     too_large = LfsbError(Kind.TOO_LARGE, "ETOOLARGE", f"request body larger than {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
-    f = await asyncio.to_thread(open, dest, "wb")
+    f: BinaryIO | None = None
     try:
         size = 0
         pending = bytearray()
@@ -214,18 +236,23 @@ async def receive_body(request: web.Request, dest: Path, limit: int) -> int:
                 raise too_large
             pending += chunk
             if len(pending) >= BODY_BUFFER:
+                if f is None:
+                    f = await asyncio.to_thread(open, dest, "wb")
                 await asyncio.to_thread(f.write, bytes(pending))
                 pending.clear()
 
-        def _finish() -> None:
-            f.write(pending)
-            f.flush()
-            os.fsync(f.fileno())
+        def _finish(f: BinaryIO | None) -> None:
+            with f or open(dest, "wb") as out:
+                out.write(pending)
+                out.flush()
+                os.fsync(out.fileno())
 
-        await asyncio.to_thread(_finish)
+        opened, f = f, None
+        await asyncio.to_thread(_finish, opened)
         return size
     finally:
-        await asyncio.to_thread(f.close)
+        if f is not None:
+            await asyncio.to_thread(f.close)
 
 
 async def stream_file(request: web.Request, path: Path) -> web.StreamResponse:
@@ -278,7 +305,7 @@ async def get_snapshot(request: web.Request) -> web.StreamResponse:
     snapshot = store.temp_path("snapshot")
     raw = store.temp_path("export")
     try:
-        await store.build_snapshot(db, target, snapshot)
+        await store.build_snapshot(db, target, snapshot, compress=fmt != "sqlite")  # sqlite: decoded here
         if fmt == "sqlite":
 
             def _decode() -> None:

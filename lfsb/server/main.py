@@ -48,9 +48,10 @@ def open_object_store(config: Config) -> ObjectStore:
 class Server:
     """The whole server: start it, serve, stop it gracefully."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, objects: ObjectStore | None = None) -> None:
+        """``objects`` replaces the store the configuration selects (tests tune S3 retries and timeouts)."""
         self.config = config
-        self.objects = open_object_store(config)
+        self.objects = objects if objects is not None else open_object_store(config)
         self.store = Store(config, self.objects)
         self.scheduler = Scheduler(self.store)
         self._runner: web.AppRunner | None = None
@@ -91,7 +92,8 @@ class Server:
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests and the running compaction step finish, close."""
         if self._site is not None:
-            await self._site.stop()  # stop accepting; open connections carry on
+            site, self._site = self._site, None  # a second stop() has nothing left to stop
+            await site.stop()  # stop accepting; open connections carry on
 
             async def _drain() -> None:
                 if not await self._app[INFLIGHT_KEY].wait_idle(SHUTDOWN_TIMEOUT):
