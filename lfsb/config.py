@@ -46,6 +46,20 @@ class S3Settings:
     secret_key: str | None = field(default=None, repr=False)
 
 
+def s3_settings(env: Mapping[str, str]) -> S3Settings | None:
+    """The S3 settings in ``env`` (None when ``BUCKET_NAME`` is unset), with both credential spellings."""
+    bucket = env.get("BUCKET_NAME")
+    if not bucket:
+        return None
+    return S3Settings(
+        bucket=bucket,
+        endpoint=env.get("AWS_ENDPOINT_URL_S3") or None,
+        region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+        access_key=env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_ACCESS_KEY"),
+        secret_key=env.get("AWS_SECRET_ACCESS_KEY") or env.get("AWS_SECRET_KEY"),
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the server needs to start."""
@@ -76,15 +90,7 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
     if not data_path:
         raise config_error("LFSB_DATA_PATH: required (the local data directory)")
     host, port = parse_bind(str(overrides.get("bind") or env.get("LFSB_BIND", ":2200")))
-    s3 = None
-    if bucket := env.get("BUCKET_NAME"):
-        s3 = S3Settings(
-            bucket=bucket,
-            endpoint=env.get("AWS_ENDPOINT_URL_S3") or None,
-            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-            access_key=env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_ACCESS_KEY"),
-            secret_key=env.get("AWS_SECRET_ACCESS_KEY") or env.get("AWS_SECRET_KEY"),
-        )
+    s3 = s3_settings(env)
     log_format = env.get("LFSB_LOG_FORMAT", "text").lower()
     if log_format not in ("text", "json"):
         raise config_error(f"LFSB_LOG_FORMAT: {log_format!r} is not text or json")

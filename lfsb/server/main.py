@@ -35,14 +35,7 @@ def open_object_store(config: Config) -> ObjectStore:
             "BUCKET_NAME is not set: backups are stored in the local directory path=%s", config.objects_path
         )
         return LocalStore(config.objects_path)
-    s3 = config.s3
-    return S3Store(
-        s3.bucket,
-        endpoint_url=s3.endpoint,
-        region=s3.region,
-        access_key=s3.access_key,
-        secret_key=s3.secret_key,
-    )
+    return S3Store.from_settings(config.s3)
 
 
 class Server:

@@ -35,6 +35,7 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
+from ..config import S3Settings, s3_settings
 from .base import (
     FileInfo,
     FileMetadata,
@@ -100,13 +101,6 @@ def _response_time(resp: Mapping[str, Any]) -> datetime:
     return datetime.now(UTC)
 
 
-def _first(environ: Mapping[str, str], *names: str) -> str | None:
-    for name in names:
-        if environ.get(name):
-            return environ[name]
-    return None
-
-
 class S3Store(ObjectStore):
     """Objects in one S3 bucket. The client is created on first use; ``close()`` releases it."""
 
@@ -157,23 +151,24 @@ class S3Store(ObjectStore):
         self._open_lock = asyncio.Lock()
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str], **options: Any) -> S3Store:
-        """A store configured like upstream: ``BUCKET_NAME``, ``AWS_ENDPOINT_URL_S3``, ``AWS_REGION`` and
-        ``AWS_ACCESS_KEY_ID``/``AWS_ACCESS_KEY`` with ``AWS_SECRET_ACCESS_KEY``/``AWS_SECRET_KEY``.
-
-        Without keys, botocore's default credential chain applies. ``options`` go to the constructor.
-        """
-        bucket = environ.get("BUCKET_NAME")
-        if not bucket:
-            raise ValueError("BUCKET_NAME is not set")
+    def from_settings(cls, settings: S3Settings, **options: Any) -> S3Store:
+        """A store for :class:`lfsb.config.S3Settings`; ``options`` go to the constructor."""
         return cls(
-            bucket,
-            endpoint_url=environ.get("AWS_ENDPOINT_URL_S3") or None,
-            region=environ.get("AWS_REGION") or "us-east-1",
-            access_key=_first(environ, "AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY"),
-            secret_key=_first(environ, "AWS_SECRET_ACCESS_KEY", "AWS_SECRET_KEY"),
+            settings.bucket,
+            endpoint_url=settings.endpoint,
+            region=settings.region,
+            access_key=settings.access_key,
+            secret_key=settings.secret_key,
             **options,
         )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **options: Any) -> S3Store:
+        """A store configured like upstream by ``BUCKET_NAME`` and ``AWS_*`` (see ``config.s3_settings``)."""
+        settings = s3_settings(environ)
+        if settings is None:
+            raise ValueError("BUCKET_NAME is not set")
+        return cls.from_settings(settings, **options)
 
     def __str__(self) -> str:
         where = f" at {self.endpoint_url}" if self.endpoint_url else ""
