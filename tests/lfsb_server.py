@@ -26,6 +26,17 @@ from lfsb.ltx import HEADER_SIZE, Header, parse_filename
 from lfsb.server.main import Server
 from tests.litefs import LiteFSEmulator
 
+DB_ROUTES = [
+    ("POST", "/db/tx"),
+    ("GET", "/db/snapshot"),
+    ("POST", "/db/restore"),
+    ("GET", "/db/restore/check"),
+    ("GET", "/db/info"),
+    ("POST", "/db/upload"),
+    ("DELETE", "/db"),
+]
+"""Every route that takes a ``db`` query parameter."""
+
 # Level intervals long enough that nothing runs by itself during a test; tests call
 # ``server.scheduler.run(level)`` or pass their own LFSB_LEVELS for timed scenarios.
 QUIET_LEVELS = "1=1h/1h,2=2h/30d,3=3h/30d"

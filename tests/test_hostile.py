@@ -27,6 +27,7 @@ from lfsb.ltx import HEADER_SIZE, Header
 from lfsb.server import app as server_app
 from lfsb.server.main import Server
 from tests.lfsb_server import (
+    DB_ROUTES,
     Client,
     ServerState,
     assert_unchanged,
@@ -39,15 +40,6 @@ from tests.litefs import LiteFSEmulator
 RESPONSE_TIMEOUT = 10.0
 """Seconds any answer may take: longer is a hang."""
 
-DB_ROUTES = [
-    ("POST", "/db/tx"),
-    ("GET", "/db/snapshot"),
-    ("POST", "/db/restore"),
-    ("GET", "/db/restore/check"),
-    ("GET", "/db/info"),
-    ("POST", "/db/upload"),
-    ("DELETE", "/db"),
-]
 ROUTES = [("GET", "/pos"), *DB_ROUTES, ("POST", "/cluster/reset-id")]
 BODY_ROUTES = ["/db/tx", "/db/upload"]
 

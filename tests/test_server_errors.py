@@ -24,7 +24,15 @@ import pytest
 from lfsb.ltx import FLAG, FLAG_COMPRESS_LZ4, HEADER_SIZE, TRAILER_SIZE, Encoder, Header, Pos, page_checksum
 from lfsb.names import MAX_DATABASE_NAME
 from lfsb.server.main import Server
-from tests.lfsb_server import Client, Reply, storage_env_for
+from tests.lfsb_server import (
+    DB_ROUTES,
+    Client,
+    Reply,
+    ServerState,
+    assert_unchanged,
+    server_state,
+    storage_env_for,
+)
 
 PAGE_SIZE = 4096
 ZERO_POS = {"TXID": "0000000000000000", "PostApplyChecksum": "0000000000000000"}
@@ -147,45 +155,16 @@ async def seed(client: Client, name: str = "db") -> Model:
     return model
 
 
-@dataclass(frozen=True)
-class State:
-    """What a rejected request must not change: positions, database contents and L0 files."""
-
-    positions: dict[str, dict[str, str]]
-    contents: dict[str, str]
-    l0: frozenset[str]
-
-
-async def state(server: Server, client: Client) -> State:
-    """The server's state as seen through the API, and its L0 files."""
-    status, positions, _ = await client.request("GET", "/pos")
-    assert status == 200
-    contents = {}
-    for name in positions:
-        status, _, raw = await client.request("GET", f"/db/snapshot?db={name}&format=sqlite")
-        assert status == 200
-        contents[name] = hashlib.sha256(raw).hexdigest()
-    l0_dir = server.store.l0_dir
-    l0 = frozenset(str(p.relative_to(l0_dir)) for p in l0_dir.rglob("*") if p.is_file())
-    return State(positions, contents, l0)
-
-
-async def assert_model(server: Server, client: Client, models: dict[str, Model]) -> State:
+async def assert_model(server: Server, client: Client, models: dict[str, Model]) -> ServerState:
     """The server holds exactly ``models``; returns its state."""
-    now = await state(server, client)
+    now = await server_state(server, client)
     assert now.positions == {name: m.pos for name, m in models.items()}
     assert now.contents == {name: m.sqlite_sha256 for name, m in models.items()}
     return now
 
 
-async def assert_unchanged(server: Server, client: Client, before: State) -> None:
-    """Nothing was written: no temp file is left, and positions, contents and L0 files are as before."""
-    assert list(server.store.tmp_dir.iterdir()) == []
-    assert await state(server, client) == before
-
-
 @pytest.fixture
-async def seeded(server: Server, client: Client) -> tuple[Model, State]:
+async def seeded(server: Server, client: Client) -> tuple[Model, ServerState]:
     """Database ``db`` created by :func:`seed`, and the server's state then."""
     model = await seed(client)
     return model, await assert_model(server, client, {"db": model})
@@ -221,7 +200,9 @@ def malformed(valid: bytes) -> list[tuple[str, bytes, str]]:
 
 
 @both_stores
-async def test_malformed_body_is_ebadltx(server: Server, client: Client, seeded: tuple[Model, State]) -> None:
+async def test_malformed_body_is_ebadltx(
+    server: Server, client: Client, seeded: tuple[Model, ServerState]
+) -> None:
     model, before = seeded
     valid, after = incremental(model, {p: page(p, 4) for p in (1, 2, 3)})
     for case, body, message in malformed(valid):
@@ -234,7 +215,7 @@ async def test_malformed_body_is_ebadltx(server: Server, client: Client, seeded:
 
 
 @both_stores
-async def test_truncated_body(server: Server, client: Client, seeded: tuple[Model, State]) -> None:
+async def test_truncated_body(server: Server, client: Client, seeded: tuple[Model, ServerState]) -> None:
     model, before = seeded
     body, after = incremental(model, {p: noise(p) for p in (1, 3)})
     for cut, message in [
@@ -254,7 +235,7 @@ async def test_truncated_body(server: Server, client: Client, seeded: tuple[Mode
 
 
 @both_stores
-async def test_page_size_mismatch(server: Server, client: Client, seeded: tuple[Model, State]) -> None:
+async def test_page_size_mismatch(server: Server, client: Client, seeded: tuple[Model, ServerState]) -> None:
     model, before = seeded
     body, _ = incremental(model, {1: page(1, 1, 8192)}, page_size=8192)
     error(await post_tx(client, body), 422, "EBADHEADER", "page size mismatch")
@@ -262,7 +243,9 @@ async def test_page_size_mismatch(server: Server, client: Client, seeded: tuple[
 
 
 @both_stores
-async def test_wrong_post_apply_checksum(server: Server, client: Client, seeded: tuple[Model, State]) -> None:
+async def test_wrong_post_apply_checksum(
+    server: Server, client: Client, seeded: tuple[Model, ServerState]
+) -> None:
     model, before = seeded
     _, good = incremental(model, {3: page(3, 1)})
     wrong = good.checksum ^ 0xFF
@@ -277,7 +260,9 @@ async def test_wrong_post_apply_checksum(server: Server, client: Client, seeded:
 
 
 @both_stores
-async def test_wrong_snapshot_checksum(server: Server, client: Client, seeded: tuple[Model, State]) -> None:
+async def test_wrong_snapshot_checksum(
+    server: Server, client: Client, seeded: tuple[Model, ServerState]
+) -> None:
     _, before = seeded
     _, model = snapshot(4)
     body, _ = snapshot(4, post_apply_checksum=model.checksum ^ 0xFF)
@@ -287,7 +272,7 @@ async def test_wrong_snapshot_checksum(server: Server, client: Client, seeded: t
 
 
 @both_stores
-async def test_position_mismatch(server: Server, client: Client, seeded: tuple[Model, State]) -> None:
+async def test_position_mismatch(server: Server, client: Client, seeded: tuple[Model, ServerState]) -> None:
     model, before = seeded
     change = {1: page(1, 5)}
     for body in [
@@ -304,7 +289,7 @@ async def test_position_mismatch(server: Server, client: Client, seeded: tuple[M
 
 @both_stores
 async def test_incremental_for_unknown_database(
-    server: Server, client: Client, seeded: tuple[Model, State]
+    server: Server, client: Client, seeded: tuple[Model, ServerState]
 ) -> None:
     model, before = seeded
     body, _ = incremental(model, {1: page(1, 5)})
@@ -314,7 +299,7 @@ async def test_incremental_for_unknown_database(
 
 
 @both_stores
-async def test_missing_pages(server: Server, client: Client, seeded: tuple[Model, State]) -> None:
+async def test_missing_pages(server: Server, client: Client, seeded: tuple[Model, ServerState]) -> None:
     model, before = seeded
     body, _ = incremental(model, {4: page(4)}, commit=6)
     error(
@@ -328,7 +313,7 @@ async def test_missing_pages(server: Server, client: Client, seeded: tuple[Model
 
 @both_stores
 async def test_concurrent_writes_from_one_position(
-    server: Server, client: Client, seeded: tuple[Model, State]
+    server: Server, client: Client, seeded: tuple[Model, ServerState]
 ) -> None:
     model, _ = seeded
     (body_a, model_a), (body_b, model_b) = (
@@ -346,7 +331,7 @@ async def test_concurrent_writes_from_one_position(
 
 
 async def test_stalled_body_still_succeeds(
-    server: Server, client: Client, seeded: tuple[Model, State]
+    server: Server, client: Client, seeded: tuple[Model, ServerState]
 ) -> None:
     model, _ = seeded
     body, after = incremental(model, {2: page(2, 3)})
@@ -366,7 +351,7 @@ async def test_body_too_large(start_server: Callable[..., object], chunked: bool
     client = Client(server.url)
     try:
         model = await seed(client)
-        before = await state(server, client)
+        before = await server_state(server, client)
         body, _ = incremental(model, {p: noise(p) for p in range(4, 12)}, commit=11)
         assert len(body) > 16 * 1024
 
@@ -431,21 +416,11 @@ async def test_cluster_name_limits_and_case(client: Client) -> None:
 
 
 # -- database names -----------------------------------------------------------------------------------------
-DB_ROUTES = [
-    ("POST", "/db/tx"),
-    ("GET", "/db/snapshot"),
-    ("POST", "/db/restore"),
-    ("GET", "/db/restore/check"),
-    ("GET", "/db/info"),
-    ("POST", "/db/upload"),
-    ("DELETE", "/db"),
-    ("DELETE", "/db/"),
-]
 
 
-@pytest.mark.parametrize(("method", "route"), DB_ROUTES)
+@pytest.mark.parametrize(("method", "route"), [*DB_ROUTES, ("DELETE", "/db/")])
 async def test_invalid_database_name(server: Server, client: Client, method: str, route: str) -> None:
-    before = await state(server, client)
+    before = await server_state(server, client)
     for query, message in [
         ("", "database required"),
         ("?db=", "database required"),
@@ -530,7 +505,7 @@ async def test_wrong_method(client: Client, method: str, path: str, allow: str) 
     assert reply.headers["Allow"] == allow
 
 
-async def test_snapshot_format(client: Client, seeded: tuple[Model, State]) -> None:
+async def test_snapshot_format(client: Client, seeded: tuple[Model, ServerState]) -> None:
     for fmt in ["zip", "LTX", "sqlite3"]:
         error(
             await client.fetch("GET", f"/db/snapshot?db=db&format={fmt}"),
@@ -571,7 +546,7 @@ MISSING_TARGET = [
     [("POST", "/db/restore", True), ("GET", "/db/restore/check", True), ("GET", "/db/snapshot", False)],
 )
 async def test_target_validation(
-    server: Server, client: Client, seeded: tuple[Model, State], method: str, route: str, required: bool
+    server: Server, client: Client, seeded: tuple[Model, ServerState], method: str, route: str, required: bool
 ) -> None:
     cases = [*TARGET_ERRORS, *(MISSING_TARGET if required else [])]
     # restore and restore/check validate the query before looking the database up (upstream's order);
@@ -583,7 +558,7 @@ async def test_target_validation(
     await assert_unchanged(server, client, seeded[1])
 
 
-async def test_info_all_flag(client: Client, seeded: tuple[Model, State]) -> None:
+async def test_info_all_flag(client: Client, seeded: tuple[Model, ServerState]) -> None:
     error(
         await client.fetch("GET", "/db/info?db=db&all=maybe"),
         400,

@@ -21,8 +21,8 @@ from ..storage import FileInfo
 from .db import now_ms, to_sql
 from .ingest import find_database
 from .plan import snapshot_plan
-from .records import DATABASE_COLUMNS, REMOTE_COLUMNS, Database, LTXFile
-from .store import Store, compact_files
+from .records import DATABASE_COLUMNS, Database, LTXFile
+from .store import Store, compact_files, index_files
 
 log = logging.getLogger(__name__)
 
@@ -49,29 +49,6 @@ async def _describe(store: Store, infos: list[FileInfo]) -> list[LTXFile]:
         )
 
     return list(await asyncio.gather(*(_one(i) for i in infos)))
-
-
-def _insert_index(conn: sqlite3.Connection, db_id: int, page_size: int, files: list[LTXFile]) -> None:
-    conn.executemany(
-        f"INSERT OR REPLACE INTO remote_files (db_id, {REMOTE_COLUMNS}, page_size)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (
-                db_id,
-                f.level,
-                f.min_txid,
-                f.max_txid,
-                f.commit,
-                f.timestamp,
-                to_sql(f.pre_apply_checksum),
-                to_sql(f.post_apply_checksum),
-                f.size,
-                f.created_at,
-                page_size,
-            )
-            for f in files
-        ],
-    )
 
 
 async def _list_all(store: Store, cluster: str, name: str) -> list[FileInfo]:
@@ -126,7 +103,7 @@ async def _rebuild(store: Store, cluster: str, name: str, infos: list[FileInfo])
             "INSERT INTO pages (db_id, pgno, checksum) VALUES (?, ?, ?)",
             [(db_id, pgno, to_sql(c)) for pgno, c in pages],
         )
-        _insert_index(conn, db_id, page_size, files)
+        index_files(conn, db_id, page_size, files)
 
     # Commit first: a crash before the L0 files are gone leaves unreferenced files (removed at the
     # next start), never rows that refer to deleted files.
@@ -154,7 +131,7 @@ async def _reconcile(store: Store, db: Database, infos: list[FileInfo]) -> None:
     added = await _describe(store, missing)
 
     def _update(conn: sqlite3.Connection) -> None:
-        _insert_index(conn, db.id, db.page_size, added)
+        index_files(conn, db.id, db.page_size, added)
         conn.executemany(
             "DELETE FROM remote_files WHERE db_id = ? AND level = ? AND min_txid = ? AND max_txid = ?",
             [(db.id, *key) for key in gone],

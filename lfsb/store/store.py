@@ -66,6 +66,30 @@ def list_files(conn: sqlite3.Connection, db_id: int) -> list[LTXFile]:
     return files
 
 
+def index_files(conn: sqlite3.Connection, db_id: int, page_size: int, files: list[LTXFile]) -> None:
+    """Add files in object storage to the index of a database (replacing entries of the same range)."""
+    conn.executemany(
+        f"INSERT OR REPLACE INTO remote_files (db_id, {REMOTE_COLUMNS}, page_size)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                db_id,
+                f.level,
+                f.min_txid,
+                f.max_txid,
+                f.commit,
+                f.timestamp,
+                to_sql(f.pre_apply_checksum),
+                to_sql(f.post_apply_checksum),
+                f.size,
+                f.created_at,
+                page_size,
+            )
+            for f in files
+        ],
+    )
+
+
 def compact_files(
     inputs: list[BinaryIO], dest: Path, compress: bool, tmp_dir: Path
 ) -> tuple[Header, Trailer]:
@@ -296,23 +320,7 @@ class Store:
         def _record(conn: sqlite3.Connection) -> bool:
             if not conn.execute("SELECT 1 FROM databases WHERE id = ?", (db.id,)).fetchone():
                 return False
-            conn.execute(
-                f"INSERT OR REPLACE INTO remote_files (db_id, {REMOTE_COLUMNS}, page_size)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    db.id,
-                    f.level,
-                    f.min_txid,
-                    f.max_txid,
-                    f.commit,
-                    f.timestamp,
-                    to_sql(f.pre_apply_checksum),
-                    to_sql(f.post_apply_checksum),
-                    f.size,
-                    f.created_at,
-                    db.page_size,
-                ),
-            )
+            index_files(conn, db.id, db.page_size, [f])
             if raise_hwm:
                 conn.execute("UPDATE databases SET hwm = MAX(hwm, ?) WHERE id = ?", (f.max_txid, db.id))
             return True
