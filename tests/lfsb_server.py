@@ -389,16 +389,18 @@ async def server_state(server: Server, client: Client) -> ServerState:
     return ServerState(positions, contents, files)
 
 
-async def assert_unchanged(server: Server, client: Client, before: ServerState) -> None:
-    """Nothing was written: no temp file is left, and positions, contents and files are as before.
-
-    A request removes its temp files a moment after its response is out, so a few seconds are given for the
-    temp directory to empty; a file that stays is a leak.
-    """
+async def assert_no_temp_files(server: Server) -> None:
+    """No temp file is left. A request removes its temp files a moment after its response is out, so a few
+    seconds are given for the temp directory to empty; a file that stays is a leak."""
     deadline = time.monotonic() + 5
     while any(server.store.tmp_dir.iterdir()) and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     assert list(server.store.tmp_dir.iterdir()) == []
+
+
+async def assert_unchanged(server: Server, client: Client, before: ServerState) -> None:
+    """Nothing was written: no temp file is left, and positions, contents and files are as before."""
+    await assert_no_temp_files(server)
     after = await server_state(server, client)
     assert (after.positions, after.contents) == (before.positions, before.contents)
     assert sorted(after.files ^ before.files) == []  # the paths that appeared or vanished
