@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from lfsb.ltx import decode_database, verify
 from lfsb.server.main import Server
+from lfsb.storage import FileInfo, StorageError
 from tests.lfsb_server import Client
 from tests.litefs import LiteFSEmulator
 
@@ -115,3 +119,38 @@ async def test_divergence_pulls_snapshot(server: Server, client: Client, tmp_pat
         assert node.rows("SELECT * FROM t") == server_state
         status, _, raw = await client.request("GET", "/db/snapshot?db=db&format=sqlite")
         assert status == 200 and hashlib.sha256(raw).hexdigest() == sha256(node.db_path)
+
+
+async def test_failed_download_stops_the_others_and_leaves_no_temp_files(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with LiteFSEmulator(tmp_path / "node", server.url) as node:
+        node.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        await node.sync()
+        await server.scheduler.run(1)
+        for i in range(3):
+            node.execute("INSERT INTO t (v) VALUES (?)", (f"v{i}",))
+            await node.sync()
+            await server.scheduler.run(1)
+        await server.scheduler.run(1)
+    db = await server.store.database("test", "db")
+    remote = [f for f in await server.store.files(db) if f.level == 1]
+    assert len(remote) >= 3
+    real_download = server.store.objects.download
+    started: list[int] = []
+
+    async def flaky_download(info: FileInfo, dest: Path) -> None:
+        started.append(info.min_txid)
+        if info.min_txid == remote[0].min_txid:
+            await asyncio.sleep(0.05)
+            raise StorageError("injected failure")
+        await asyncio.sleep(0.5)  # still running when the first one fails
+        await real_download(info, dest)
+
+    monkeypatch.setattr(server.store.objects, "download", flaky_download)
+    with pytest.raises(StorageError, match="injected failure"):
+        async with server.store.open_files(db, remote):
+            pass
+    assert len(started) == len(remote)
+    await asyncio.sleep(0.6)  # the others were cancelled: nothing arrives after the cleanup
+    assert list(server.store.tmp_dir.iterdir()) == []

@@ -288,7 +288,14 @@ class Store:
                     await self.objects.download(self.remote_info(db, f), dest)
                 handles[i] = await asyncio.to_thread(open, dest, "rb")
 
-            await asyncio.gather(*(_download(i, f) for i, f in enumerate(files) if f.level != L0))
+            tasks = [asyncio.ensure_future(_download(i, f)) for i, f in enumerate(files) if f.level != L0]
+            try:
+                await asyncio.gather(*tasks)
+            except BaseException:
+                for task in tasks:  # one failed: stop the others before their files are cleaned up
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
             yield handles
         finally:
             for h in handles:
