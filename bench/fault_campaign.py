@@ -1,8 +1,9 @@
 """Crash campaign: ``python bench/fault_campaign.py --seed N [--kills K]``.
 
-Runs the real ``lfsb-server`` against moto S3 with a LiteFS emulator writing all the time, kills it K
-times at seeded points (targeted crash points and plain ``kill -9``, see ``tests/campaign.py``), checks
-every recovery, and prints a summary table. Exits 1 if any check found a mismatch.
+Runs the real ``lfsb-server`` against moto S3 (through a fault-injecting proxy) with a LiteFS emulator
+writing all the time, injects K seeded faults (targeted crash points, plain ``kill -9`` and a few seconds
+of storage errors or outage, see ``tests/campaign.py``), checks every recovery, and prints a summary
+table. Exits 1 if any check found a mismatch.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tests.s3server import S3Server, create_bucket
 
 def main() -> int:
     """Parse the arguments, run the campaign, print its summary; the exit status."""
-    parser = argparse.ArgumentParser(description="Kill lfsb-server again and again; check every recovery.")
+    parser = argparse.ArgumentParser(description="Crash lfsb-server, break its storage, check recoveries.")
     parser.add_argument("--seed", type=int, required=True, help="seed of the fault schedule and workload")
     parser.add_argument(
         "--kills", type=int, default=FULL_KILLS, help=f"faults to inject (default {FULL_KILLS})"

@@ -4,24 +4,28 @@ after every crash and every restart (used by ``tests/test_crash.py`` and ``bench
 One moto S3 server, one data directory, one LiteFS emulator writing all the time. Each fault of a
 seeded schedule starts the server (armed with a crash point through ``LFSB_CRASH_AT`` for a targeted
 fault, see :mod:`lfsb.faults`), checks it, then makes the fault happen: the crash point fires, or the
-process gets SIGKILL at a random time, during a restore, during an import or during start-up.
+process gets SIGKILL at a random time, during a restore, during an import or during start-up. The
+server's S3 traffic goes through a :class:`~tests.faultproxy.FaultProxy` (the campaign's own checks talk
+to moto directly), so a fault can also be storage misbehaving for a few seconds: a share of requests
+failing (500, hang, reset), or storage down; the server is then stopped gracefully.
 What is checked:
 
 * at every crash (server dead): no index row refers to a missing object and no L0 row to a missing
   file (design.md §4); every new object in storage verifies (``lfsb.ltx.verify``) and agrees with its
   metadata and its index row;
+* during a storage fault, all the time, and after every restart: the HWM (the server's, and the one
+  LiteFS was last told) is never past the highest TXID of the L1 objects in the bucket;
 * after every restart: ``/pos`` is at or past the last acknowledged TXID (with its checksum when
   equal); every restorable point that was acknowledged has the acknowledged checksum; exports of the
   latest acknowledged point and of an earlier one give the acknowledged rows; L1 catches up
   (HWM = position); the emulator resynchronises with incremental POSTs (it never sends a snapshot
-  again);
+  again); the same once a storage fault ends (without a restart), then a graceful stop exits 0;
 * at the end: every level caught up, a graceful stop exits 0, and the index and the L0 rows match
   storage and the L0 directory exactly.
 
 Acknowledged means a 2xx: a successful emulator round (``POST /db/tx``, or a snapshot pulled from the
 server), a restore or an import. Faults are :class:`Fault` entries in :data:`FAULTS`, each recording
-what it did under a label of the summary, so more kinds (storage outages, a full disk) are more
-entries.
+what it did under a label of the summary, so more kinds (a full disk) are more entries.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import aiohttp
 from lfsb.ltx import LTXError, Pos, format_txid, parse_filename, parse_txid, verify
 from lfsb.storage import FileInfo, S3Store
 from lfsb.store.db import from_sql
+from tests.faultproxy import FaultProxy
 from tests.lfsb_server import Client, ServerExited, ServerProcess, check_sqlite, free_port
 from tests.litefs import LiteFSEmulator, SyncError
 from tests.s3server import S3Settings
@@ -65,6 +70,16 @@ CATCH_UP_WAIT = 10.0
 """Seconds L1 gets to catch up with the position after a restart."""
 LEVELS_WAIT = 30.0
 """Seconds every level gets to catch up at the end."""
+HANG_SECONDS = 1.0
+"""Seconds a hung S3 request stays unanswered before the proxy resets it."""
+STORAGE_FATES = {
+    "fail": "S3 requests answered 500 (storage faults)",
+    "hang": "S3 requests hung, then reset (storage faults)",
+    "reset": "S3 requests reset after reaching S3 (storage faults)",
+    "down": "S3 requests reset while storage down (storage faults)",
+}
+"""Labels of the summary for what the proxy did to the server's S3 requests (refused connections while
+storage is down are not counted)."""
 NOT_REACHED = "crash point armed but not reached (then kill -9)"
 ROWS_AT_A_POINT = "export at a point gives its acknowledged rows"
 Key = tuple[int, int, int]
@@ -205,6 +220,8 @@ class Campaign:
         self.verified_upto = 0
         self.node = LiteFSEmulator(work / "node", self.url, timeout=10)
         self.objects = S3Store.from_env(bucket.env())
+        self.proxy = FaultProxy(bucket.endpoint, seed=seed + 2, hang_seconds=HANG_SECONDS)
+        """The server's way to the bucket (:attr:`objects` is the campaign's own, straight to moto)."""
         self.server: ServerProcess | None = None
         self.client: Client | None = None
         self.killed = False
@@ -221,6 +238,7 @@ class Campaign:
     async def run(self) -> Summary:
         """Run the whole schedule, then the final checks."""
         try:
+            await self.proxy.start()
             await self._begin()
             for fault, n in self.schedule:
                 await self.start(f"{fault.crash_at}:{n}" if fault.crash_at else "")
@@ -238,6 +256,9 @@ class Campaign:
                 await self.client.close()
             await self.node.close()
             await self.objects.close()
+            await self.proxy.stop()
+        for kind, label in STORAGE_FATES.items():
+            self.summary.seen[label] += self.proxy.counts[kind]
         self.summary.acknowledged = len(self.history)
         self.summary.verified = sum(1 for t in self.history if t <= self.verified_upto)
         return self.summary
@@ -286,7 +307,12 @@ class Campaign:
     # -- the server -----------------------------------------------------------------------------------
     async def start(self, crash_at: str) -> None:
         """Start ``lfsb-server`` (armed with ``LFSB_CRASH_AT=crash_at`` unless empty), with a new client."""
-        env = {**SERVER_ENV, **self.bucket.env(), "LFSB_CRASH_AT": crash_at}
+        env = {
+            **SERVER_ENV,
+            **self.bucket.env(),
+            "AWS_ENDPOINT_URL_S3": self.proxy.url,
+            "LFSB_CRASH_AT": crash_at,
+        }
         self.server = ServerProcess(self.data, port=self.port, log=self.log, **env)
         self.killed = False
         await self.server.start()
@@ -320,6 +346,7 @@ class Campaign:
 
     async def _stop_gracefully(self) -> None:
         """SIGTERM: the server must finish its work and exit 0."""
+        self.killed = True  # stopped on purpose: :meth:`crashed` expects no SIGKILL
         self.server.proc.send_signal(signal.SIGTERM)
         code, _ = await self.server.finish()
         self.summary.check("graceful stop exits 0", code == 0, lambda: f"exit code {code}, see {self.log}")
@@ -452,6 +479,25 @@ class Campaign:
             ),
         )
 
+    async def storage_fault(self, label: str, seconds: float, faults: dict[str, float | bool]) -> None:
+        """Storage misbehaves (``faults``, see :meth:`FaultProxy.set`) for ``seconds`` while the emulator
+        writes; then, storage healthy again, the checks after a restart (without one: acknowledged states
+        survived, HWM caught up), a resynchronisation and a graceful stop."""
+        self.summary.faults[label] += 1
+        await self.proxy.set(**faults)
+        try:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                self._alive()
+                await self._check_hwm_stored()
+                await asyncio.sleep(0.25)
+        finally:
+            await self.proxy.set()
+        async with self._paused():
+            await self._verify()
+        await self._resync()
+        await self._stop_gracefully()
+
     # -- restores and imports -------------------------------------------------------------------------
     async def restore(self) -> None:
         """``POST /db/restore`` to an acknowledged restorable point; its result is acknowledged on 2xx."""
@@ -541,7 +587,17 @@ class Campaign:
             await self._check_rows(txid)
         if len(s.mismatches) == mismatches:
             self.verified_upto = acked
+        await self._check_hwm_stored()
         await self._await_hwm()
+
+    async def _check_hwm_stored(self) -> None:
+        """The HWM (the server's, and the one LiteFS was last told) is not past the highest TXID of the L1
+        objects in the bucket (read before listing: uploads precede HWM raises)."""
+        hwm = max(read_position(self.data)[1], self.node.hwm)
+        stored = max((info.max_txid for info in await self.objects.list_files(CLUSTER, DB, 1)), default=0)
+        self.summary.check(
+            "HWM never past L1 in storage", hwm <= stored, lambda: f"hwm {hwm:x}, highest L1 TXID {stored:x}"
+        )
 
     async def _check_rows(self, txid: int) -> None:
         """Export the database at ``txid`` as SQLite: it passes an integrity check and has the rows."""
@@ -740,6 +796,15 @@ def _crash(point: str, act: Act = await_crash, repeat: int = 1) -> Fault:
     return Fault(f"crash point {point}", act, point, repeat)
 
 
+def _storage(label: str, seconds: float, **faults: float | bool) -> Fault:
+    """Storage misbehaving for ``seconds`` (see :meth:`Campaign.storage_fault`)."""
+
+    async def act(campaign: Campaign) -> None:
+        await campaign.storage_fault(label, seconds, faults)
+
+    return Fault(label, act)
+
+
 KILL_AT_RANDOM = Fault("kill -9 at a random time", kill_at_random)
 RECOVERY = _crash("recovery.reconcile")
 FAULTS: list[Fault] = [
@@ -759,6 +824,8 @@ FAULTS: list[Fault] = [
     Fault("kill -9 during a restore", kill_during_restore),
     Fault("kill -9 during an import", kill_during_import),
     Fault("kill -9 during start-up", kill_during_startup),
+    _storage("storage errors (25 % 500/hang/reset) for 4 s", 4.0, fail=0.10, hang=0.05, reset=0.10),
+    _storage("storage down for 3 s", 3.0, down=True),
 ]
 """Every kind of fault a schedule draws from (``recovery.rebuilt`` needs a lost metadata db: it has its own
 test in ``tests/test_crash.py``)."""

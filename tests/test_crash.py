@@ -64,9 +64,11 @@ async def run_campaign(tmp_path: Path, kills: int) -> None:
     assert summary.checks[ROWS_AT_A_POINT] >= kills // 2, report
     assert any(label.startswith("crash point ") for label in summary.faults), report
     assert any(label.startswith("kill -9 ") for label in summary.faults), report
+    assert any(label.startswith("storage ") for label in summary.faults), report
     for label in (
         "stored file verifies",
         "HWM catches up after a restart",
+        "HWM never past L1 in storage",
         "index matches storage at the end",
     ):
         assert summary.checks[label] > 0, report
