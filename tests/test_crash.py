@@ -153,13 +153,13 @@ async def test_created_directories_are_fsynced_into_their_parents(
     acknowledged L0 file or an indexed object: each directory created on the way is fsynced into its
     parent."""
     fsynced: set[Path] = set()
-    real_fsync_dir = local._fsync_dir
+    real_fsync_dir = local.fsync_dir
 
     def recording_fsync_dir(path: Path) -> None:
         fsynced.add(Path(path))
         real_fsync_dir(path)
 
-    monkeypatch.setattr(local, "_fsync_dir", recording_fsync_dir)
+    monkeypatch.setattr(local, "fsync_dir", recording_fsync_dir)
     server = await start_server()
     async with LiteFSEmulator(tmp_path / "node", server.url) as node:
         node.execute("CREATE TABLE t (x)")

@@ -41,7 +41,8 @@ _META_SUFFIX = ".meta.json"
 T = TypeVar("T")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename, unlink or new entry in the directory ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -57,7 +58,7 @@ def make_dirs(path: Path) -> None:
         path = path.parent
     for d in reversed(missing):
         d.mkdir(exist_ok=True)
-        _fsync_dir(d.parent)
+        fsync_dir(d.parent)
 
 
 def _sidecar(path: Path) -> Path:
@@ -161,7 +162,7 @@ class LocalStore(ObjectStore):
             # The sidecar first, so that a visible data file always has its metadata.
             self._write_atomic(_sidecar(dest), lambda f: f.write(json.dumps(headers).encode()))
             self._write_atomic(dest, lambda f: shutil.copyfileobj(fsrc, f, CHUNK_SIZE))
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return self._info(key, dest)
 
     async def upload(
@@ -186,7 +187,7 @@ class LocalStore(ObjectStore):
             raise NotFound(f"{self}: {key} not found") from None
         with fsrc:
             self._write_atomic(dest, lambda f: shutil.copyfileobj(fsrc, f, CHUNK_SIZE))
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
 
     async def download(self, info: FileInfo, dest: Path) -> None:
         await self._run(self._download_sync, info.key, Path(dest))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import sqlite3
 import threading
@@ -15,6 +14,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
+
+from ..storage.local import fsync_dir
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -34,15 +35,6 @@ def to_sql(checksum: int) -> int:
 def from_sql(value: int) -> int:
     """The u64 checksum stored by :func:`to_sql`."""
     return value & (_U64 - 1)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or unlink in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def now_ms() -> int:

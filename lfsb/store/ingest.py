@@ -29,8 +29,8 @@ from ..ltx import (
     frame_checksum,
     timestamp_to_datetime,
 )
-from ..storage.local import make_dirs
-from .db import from_sql, fsync_dir, to_sql
+from ..storage.local import fsync_dir, make_dirs
+from .db import from_sql, to_sql
 from .records import DATABASE_COLUMNS, Database
 
 MAX_TXID = (1 << 63) - 1
