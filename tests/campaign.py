@@ -808,7 +808,7 @@ def _storage(label: str, seconds: float, **faults: float | bool) -> Fault:
 KILL_AT_RANDOM = Fault("kill -9 at a random time", kill_at_random)
 RECOVERY = _crash("recovery.reconcile")
 FAULTS: list[Fault] = [
-    _crash("ingest.renamed", repeat=5),
+    _crash("ingest.placed", repeat=5),
     _crash("ingest.committed", repeat=5),
     *(_crash(f"compaction.l{level}.{step}") for level in (1, 2, 3, 9) for step in ("uploaded", "recorded")),
     _crash("compaction.l1.built", repeat=3),

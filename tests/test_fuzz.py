@@ -48,7 +48,7 @@ from lfsb.ltx import (
     verify,
 )
 from lfsb.server.main import Server
-from lfsb.store.ingest import inspect
+from lfsb.store.ingest import inspect, inspect_file
 from tests.lfsb_server import Client, Reply, assert_unchanged, server_state
 from tests.litefs import LiteFSEmulator
 from tests.ltx_helpers import ChunkyReader, lz4_frame, raw_ltx, read_pages
@@ -80,20 +80,19 @@ def within_bounds() -> Iterator[None]:
     assert elapsed < TIME_LIMIT, f"took {elapsed:.1f} s"
 
 
-def check_decoder(data: bytes, path: Path) -> bool:
+def check_decoder(data: bytes) -> bool:
     """Run ``verify`` and ``inspect`` on one input and check their contract; True if ``inspect`` accepted it.
 
-    ``verify`` reads through a buffered reader, as the server's files are read; ``inspect`` reads ``path``
-    (overwritten with ``data``). Whatever ``inspect`` accepts, ``verify`` accepts too, with the same header
-    and pages, and it keeps LiteFS's rules that the reference decoder does not check.
+    ``verify`` reads through a buffered reader, as the server's files are read; ``inspect`` reads the bytes
+    in memory, as the server reads small bodies. Whatever ``inspect`` accepts, ``verify`` accepts too, with
+    the same header and pages, and it keeps LiteFS's rules that the reference decoder does not check.
     """
     try:
         verified: tuple[Any, ...] | None = verify(io.BufferedReader(io.BytesIO(data)))
     except LTXError:
         verified = None
-    path.write_bytes(data)
     try:
-        inc = inspect(path)
+        inc = inspect(io.BytesIO(data), len(data))
     except LfsbError as e:
         assert 400 <= e.status < 500, e
         return False
@@ -154,9 +153,9 @@ def skippable(payload: bytes, claimed: int | None = None) -> bytes:
 SEEDS = seed_files()
 
 
-def test_seeds_are_valid(tmp_path: Path) -> None:
+def test_seeds_are_valid() -> None:
     for data in SEEDS.values():
-        assert check_decoder(data, tmp_path / "seed.ltx")
+        assert check_decoder(data)
         assert verify(ChunkyReader(data)) == verify(io.BytesIO(data))
 
 
@@ -403,17 +402,11 @@ def mutants(draw: st.DrawFn, seed: bytes) -> bytes:
     return bytes(data)
 
 
-@pytest.fixture(scope="module")
-def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory for the files ``inspect`` reads (module-scoped: hypothesis reuses it across examples)."""
-    return tmp_path_factory.mktemp("fuzz")
-
-
 @FUZZ_SETTINGS
 @given(st.sampled_from(sorted(SEEDS)).flatmap(lambda name: mutants(SEEDS[name])))
-def test_decoder_contract_on_mutants(work_dir: Path, data: bytes) -> None:
+def test_decoder_contract_on_mutants(data: bytes) -> None:
     with within_bounds():
-        check_decoder(data, work_dir / "input.ltx")
+        check_decoder(data)
 
 
 def test_atheris_harness(tmp_path: Path) -> None:
@@ -443,7 +436,6 @@ def test_atheris_harness(tmp_path: Path) -> None:
     skip=st.one_of(st.none(), st.tuples(BYTES, st.one_of(st.none(), _U32))),
 )
 def test_lz4_frame_shapes(
-    work_dir: Path,
     page_size: int,
     pages: int,
     block_max: int,
@@ -471,7 +463,7 @@ def test_lz4_frame_shapes(
     oversized = min(block_size or block_max, logical_size) > block_max
     truncated_skip = skip is not None and skip[1] is not None and skip[1] != len(skip[0])
     with within_bounds():
-        accepted = check_decoder(data, work_dir / "frame.ltx")
+        accepted = check_decoder(data)
     assert accepted == (not oversized and not truncated_skip)
     if accepted:
         assert read_pages(data)[2] == content
@@ -490,7 +482,7 @@ def test_lz4_bomb_is_streamed(tmp_path: Path) -> None:
     assert len(pgnos) == pages and header.commit == 1
     (tmp_path / "bomb.ltx").write_bytes(data)
     with within_bounds(), pytest.raises(LfsbError, match="out-of-order page numbers: 1,1"):
-        inspect(tmp_path / "bomb.ltx")
+        inspect_file(tmp_path / "bomb.ltx")
 
 
 def _frame_with(block: bytes) -> Callable[[bytes], bytes]:
@@ -550,7 +542,7 @@ _BLOCK_OF_1MIB = lz4.block.compress(bytes(1 << 20), store_size=False)
         ),
     ],
 )
-def test_lz4_hostile_frames(tmp_path: Path, frame: Callable[[bytes], bytes], error: str | None) -> None:
+def test_lz4_hostile_frames(frame: Callable[[bytes], bytes], error: str | None) -> None:
     """Blocks over the frame's maximum (whatever their size field says), a skippable frame claiming 4 GiB, a
     bad content checksum, bytes after the end marker, a missing end mark: an LTXError in bounded memory.
     Thousands of skippable frames, a content size claiming 16 EiB, linked and 1-byte blocks: accepted."""
@@ -558,11 +550,11 @@ def test_lz4_hostile_frames(tmp_path: Path, frame: Callable[[bytes], bytes], err
     data = raw_ltx(header, [(p, page(p, 4096)) for p in (1, 2, 3)], frame=frame)
     with within_bounds():
         if error is None:
-            assert check_decoder(data, tmp_path / "frame.ltx")
+            assert check_decoder(data)
         else:
             with pytest.raises(LTXError, match=error):
                 verify(io.BufferedReader(io.BytesIO(data)))
-            assert not check_decoder(data, tmp_path / "frame.ltx")
+            assert not check_decoder(data)
 
 
 # -- POST /db/tx --------------------------------------------------------------------------------------------

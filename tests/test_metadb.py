@@ -73,21 +73,20 @@ async def test_later_writes_of_a_group_see_earlier_ones(meta: MetaDB) -> None:
     assert await batched(meta, [insert(1), insert(2), count]) == [1, 2, 2]
 
 
-async def test_a_failed_commit_fails_the_whole_group(meta: MetaDB, tmp_path: Path) -> None:
-    """The directories to fsync come first: if one cannot be fsynced, nothing of the group is committed."""
+async def test_a_failed_commit_fails_the_whole_group(meta: MetaDB) -> None:
+    """A deferred foreign key is checked at COMMIT: when it fails, nothing of the group is committed."""
+    await meta.write(
+        lambda c: c.execute("CREATE TABLE child (v INTEGER REFERENCES t (v) DEFERRABLE INITIALLY DEFERRED)")
+    )
 
-    def insert_in(directory: Path, v: int) -> Callable[[sqlite3.Connection], int]:
-        def _insert(conn: sqlite3.Connection) -> int:
-            meta.fsync_before_commit(directory)
-            return insert(v)(conn)
+    def orphan(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO child VALUES (99)")
 
-        return _insert
-
-    results = await batched(meta, [insert(1), insert_in(tmp_path, 2), insert_in(tmp_path / "missing", 3)])
-    assert all(isinstance(r, FileNotFoundError) for r in results), results
+    results = await batched(meta, [insert(1), orphan, insert(2)])
+    assert all(isinstance(r, sqlite3.IntegrityError) for r in results), results
     assert await rows(meta) == []
     # The next group starts clean.
-    assert await batched(meta, [insert_in(tmp_path, 4)]) == [4]
+    assert await batched(meta, [insert(4)]) == [4]
     assert await rows(meta) == [4]
 
 

@@ -210,15 +210,18 @@ def go_time(ms: int) -> str:
     return f"{text[:-5]}.{fraction}Z" if fraction else f"{text[:-5]}Z"
 
 
-async def receive_body(request: web.Request, dest: Path, limit: int) -> int:
-    """Stream the request body to ``dest`` (fsynced), refusing more than ``limit`` bytes with 413.
+async def receive_body(request: web.Request, store: Store, keep: bool) -> bytes | Path:
+    """Read the request body, refusing more than ``LFSB_MAX_TX_BYTES`` with 413.
 
-    The file is opened once the body outgrows the buffer, so a small body takes one trip to a worker
-    thread (open, write, fsync, close).
+    With ``keep``, a body of up to ``BODY_BUFFER`` bytes is returned as bytes. Any other body is
+    streamed to a new temp file (fsynced; opened once the body outgrows the buffer, so a small body
+    takes one trip to a worker thread) whose path is returned: the caller removes it.
     """
+    limit = store.config.max_tx_bytes
     too_large = LfsbError(Kind.TOO_LARGE, "ETOOLARGE", f"request body larger than {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
+    spill: Path | None = None
     f: BinaryIO | None = None
     try:
         size = 0
@@ -237,22 +240,29 @@ async def receive_body(request: web.Request, dest: Path, limit: int) -> int:
             pending += chunk
             if len(pending) >= BODY_BUFFER:
                 if f is None:
-                    f = await asyncio.to_thread(open, dest, "wb")
+                    spill = store.temp_path("body")
+                    f = await asyncio.to_thread(open, spill, "wb")
                 await asyncio.to_thread(f.write, bytes(pending))
                 pending.clear()
+        if keep and f is None:
+            return bytes(pending)
+        spill = spill or store.temp_path("body")
 
-        def _finish(f: BinaryIO | None) -> None:
-            with f or open(dest, "wb") as out:
+        def _finish(f: BinaryIO | None, path: Path) -> None:
+            with f or open(path, "wb") as out:
                 out.write(pending)
                 out.flush()
                 os.fsync(out.fileno())
 
         opened, f = f, None
-        await asyncio.to_thread(_finish, opened)
-        return size
-    finally:
+        await asyncio.to_thread(_finish, opened, spill)
+        return spill
+    except BaseException:
         if f is not None:
             await asyncio.to_thread(f.close)
+        if spill is not None:
+            spill.unlink(missing_ok=True)
+        raise
 
 
 async def stream_file(request: web.Request, path: Path) -> web.StreamResponse:
@@ -283,12 +293,14 @@ async def post_tx(request: web.Request) -> web.Response:
     store = request.app[STORE_KEY]
     stop_timer = timed(store.metrics.tx_seconds)
     cluster, name = request[CLUSTER_KEY], db_name(request)
-    path = store.temp_path("tx")
     try:
-        await receive_body(request, path, store.config.max_tx_bytes)
-        db = await store.write_tx(cluster, name, path)
+        body = await receive_body(request, store, keep=True)
+        try:
+            db = await store.write_tx(cluster, name, body)
+        finally:
+            if isinstance(body, Path):
+                body.unlink(missing_ok=True)
     finally:
-        path.unlink(missing_ok=True)
         stop_timer()
     return web.Response(headers={"Litefs-Hwm": format_txid(db.hwm)})
 
@@ -382,9 +394,9 @@ async def post_upload(request: web.Request) -> web.Response:
     """``POST /db/upload?db=``: import a raw SQLite file as TXID current+1 (1 for a new database)."""
     store = request.app[STORE_KEY]
     cluster, name = request[CLUSTER_KEY], db_name(request)
-    path = store.temp_path("upload")
+    path = await receive_body(request, store, keep=False)
+    assert isinstance(path, Path)
     try:
-        await receive_body(request, path, store.config.max_tx_bytes)
         async with store.locks(cluster, name).work:
             db = await import_database(store, cluster, name, path)
     finally:

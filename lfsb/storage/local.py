@@ -50,6 +50,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_synced(path: Path, data: bytes) -> None:
+    """Create the file ``path`` holding ``data``, fsynced (its directory entry is not)."""
+    with open(path, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def make_dirs(path: Path) -> None:
     """``mkdir -p`` that survives a power loss: every directory it creates is fsynced into its parent."""
     missing = []

@@ -15,15 +15,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..storage.local import fsync_dir
-
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 _U64 = 1 << 64
 _I64_MAX = (1 << 63) - 1
-FSYNC_THREADS = 4
-"""Directories fsynced at once before a group commit."""
 _MIGRATION = re.compile(r"([0-9]+)_[A-Za-z0-9_]+\.sql")
 
 
@@ -112,8 +108,6 @@ class MetaDB:
         self._lock = threading.Lock()
         self._queue: list[_Write] = []
         self._queue_lock = threading.Lock()
-        self._dirs: set[Path] = set()
-        self._fsyncs = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="lfsb-db-fsync")
 
     async def open(self) -> None:
         """Open the writer connection and apply pending migrations."""
@@ -154,8 +148,6 @@ class MetaDB:
                         raise  # SQLite rolled the whole transaction back: the batch is lost
                     conn.execute("ROLLBACK TO write")
                 conn.execute("RELEASE write")
-            # Concurrent fsyncs share the filesystem's journal commits; any failure fails the batch.
-            list(self._fsyncs.map(fsync_dir, self._dirs))
             conn.execute("COMMIT")
         except BaseException as e:
             if conn.in_transaction:
@@ -163,17 +155,8 @@ class MetaDB:
             for w in batch:
                 if w.ok or w.value is None:  # rolled back, or never run
                     w.ok, w.value = False, e
-        finally:
-            self._dirs.clear()
         for w in batch:
             w.loop.call_soon_threadsafe(_settle, w.future, w.ok, w.value)
-
-    def fsync_before_commit(self, directory: Path) -> None:
-        """From a write function: make a rename in ``directory`` durable before the transaction commits.
-
-        The directories of all the writes committed together are fsynced concurrently, once each.
-        """
-        self._dirs.add(directory)
 
     def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._reader()
@@ -205,7 +188,6 @@ class MetaDB:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._writer.shutdown)
         await loop.run_in_executor(None, self._readers.shutdown)
-        await loop.run_in_executor(None, self._fsyncs.shutdown)
         with self._lock:
             conns = [*self._all, self._write_conn]
             self._all.clear()

@@ -1,19 +1,22 @@
 """Ingestion (WriteTx): verify an incoming LTX file, check that it follows on, record it as L0.
 
-Two steps. :func:`inspect` decodes and verifies the file on a worker thread, before any lock is
-taken. :func:`record` runs on the metadata writer thread: it checks the file against the current
-position and page checksums (upstream §3.4 semantics), moves the file into ``l0/`` and records it,
-all in one transaction.
+Three steps. :func:`inspect` decodes and verifies the file before any lock is taken (small bodies in
+memory, larger files on a worker thread). :func:`place` creates the file at its L0 path, durably, and
+never over another one. :func:`record` runs on the metadata writer thread: it checks the file against
+the current position and page checksums (upstream §3.4 semantics) and records it, in one transaction.
+The commit is what makes a placed file part of the database: a file without a row (its request
+failed, or the server crashed first) is removed by its request or at the next start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from array import array
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import Kind, LfsbError, bad_ltx, internal, pos_mismatch
 from ..faults import crash_point
@@ -29,7 +32,7 @@ from ..ltx import (
     frame_checksum,
     timestamp_to_datetime,
 )
-from ..storage.local import fsync_dir, make_dirs
+from ..storage.local import fsync_dir, make_dirs, write_synced
 from .db import from_sql, to_sql
 from .records import DATABASE_COLUMNS, Database
 
@@ -40,7 +43,6 @@ MAX_TXID = (1 << 63) - 1
 class Incoming:
     """A verified LTX file waiting to be recorded: its header, trailer and page checksums."""
 
-    path: Path
     header: Header
     trailer: Trailer
     pgnos: array
@@ -48,8 +50,8 @@ class Incoming:
     size: int
 
 
-def inspect(path: Path) -> Incoming:
-    """Decode and verify the LTX file at ``path`` (blocking; run it on a worker thread).
+def inspect(f: BinaryIO, size: int) -> Incoming:
+    """Decode and verify the LTX file of ``size`` bytes that ``f`` reads.
 
     Stricter than the reference decoder where LiteFS never goes: page numbers must increase and
     stay within the commit, the lock page must be absent and a snapshot must hold every page.
@@ -57,24 +59,23 @@ def inspect(path: Path) -> Incoming:
     pgnos: array = array("I")
     checksums: list[int] = []
     try:
-        with open(path, "rb") as f:
-            dec = Decoder(f)
-            header = dec.read_header()
-            if header.max_txid > MAX_TXID:
-                raise bad_ltx(f"transaction id out of range: {header.max_txid}")
-            timestamp_to_datetime(header.timestamp)  # LTXError outside years 1-9999 (unstorable)
-            lock, commit, prev = header.lock_pgno, header.commit, 0
-            for pgno, frame in dec.pages():
-                if pgno <= prev:
-                    raise bad_ltx(f"out-of-order page numbers: {prev},{pgno}")
-                if pgno > commit:
-                    raise bad_ltx(f"page number {pgno} out-of-bounds for commit size {commit}")
-                if pgno == lock:
-                    raise bad_ltx(f"lock page must not be stored: pgno={pgno}")
-                pgnos.append(pgno)
-                checksums.append(frame_checksum(frame))
-                prev = pgno
-            trailer = dec.close()
+        dec = Decoder(f)
+        header = dec.read_header()
+        if header.max_txid > MAX_TXID:
+            raise bad_ltx(f"transaction id out of range: {header.max_txid}")
+        timestamp_to_datetime(header.timestamp)  # LTXError outside years 1-9999 (unstorable)
+        lock, commit, prev = header.lock_pgno, header.commit, 0
+        for pgno, frame in dec.pages():
+            if pgno <= prev:
+                raise bad_ltx(f"out-of-order page numbers: {prev},{pgno}")
+            if pgno > commit:
+                raise bad_ltx(f"page number {pgno} out-of-bounds for commit size {commit}")
+            if pgno == lock:
+                raise bad_ltx(f"lock page must not be stored: pgno={pgno}")
+            pgnos.append(pgno)
+            checksums.append(frame_checksum(frame))
+            prev = pgno
+        trailer = dec.close()
     except PostApplyMismatch as e:
         raise LfsbError(Kind.VALIDATION, "EBADCHECKSUM", str(e)) from None
     except LTXError as e:
@@ -83,7 +84,13 @@ def inspect(path: Path) -> Incoming:
         expected = commit - (1 if commit >= lock else 0)
         if len(pgnos) != expected:
             raise bad_ltx(f"snapshot must hold every page: expected {expected} pages, found {len(pgnos)}")
-    return Incoming(path, header, trailer, pgnos, checksums, path.stat().st_size)
+    return Incoming(header, trailer, pgnos, checksums, size)
+
+
+def inspect_file(path: Path) -> Incoming:
+    """:func:`inspect` of the file at ``path`` (blocking; run it on a worker thread)."""
+    with open(path, "rb") as f:
+        return inspect(f, os.fstat(f.fileno()).st_size)
 
 
 def find_database(conn: sqlite3.Connection, cluster: str, name: str) -> Database | None:
@@ -117,26 +124,55 @@ def l0_path(l0_root: Path, cluster: str, name: str, filename: str) -> Path:
     return l0_root / cluster / name / filename
 
 
+def place(dest: Path, body: bytes | Path) -> bool:
+    """Create the L0 file ``dest`` from ``body`` (the file's bytes, or an fsynced file on the same file
+    system to link), fsynced with its directory entry (blocking; run it on a worker thread).
+
+    An existing file is never replaced: False if ``dest`` exists, i.e. another request holds the
+    same transactions or they are already recorded.
+    """
+    for attempt in range(2):
+        try:
+            if isinstance(body, Path):
+                os.link(body, dest)
+            else:
+                write_synced(dest, body)
+            break
+        except FileExistsError:
+            return False
+        except FileNotFoundError:
+            if attempt or dest.parent.is_dir():
+                raise
+            make_dirs(dest.parent)
+    try:
+        fsync_dir(dest.parent)
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    return True
+
+
+def unplace(dest: Path) -> None:
+    """Remove a placed L0 file that was not recorded, and its directory if that leaves it empty."""
+    dest.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty
+        dest.parent.rmdir()
+
+
 def record(
-    conn: sqlite3.Connection,
-    cluster: str,
-    name: str,
-    inc: Incoming,
-    l0_root: Path,
-    now: int,
-    sync_dir: Callable[[Path], None] = fsync_dir,
+    conn: sqlite3.Connection, cluster: str, name: str, inc: Incoming, placed: bool, now: int
 ) -> Database:
     """Check ``inc`` against the current state and record it as L0 (writer thread, one transaction).
 
-    ``sync_dir(directory)`` must make the file's rename into ``directory`` durable before the
-    transaction commits (:meth:`MetaDB.fsync_before_commit` does it for a whole group commit).
+    ``placed`` tells whether :func:`place` created the file; if it found one there, the request
+    that holds those transactions wins and this one gets 409 ``EPOSMISMATCH``.
     """
     h, trailer = inc.header, inc.trailer
     db = find_database(conn, cluster, name)
     pos = db.pos if db else Pos(0, 0)
     if db is not None and h.page_size != db.page_size:
         raise LfsbError(Kind.UNPROCESSABLE, "EBADHEADER", "page size mismatch")
-    if Pos(h.min_txid - 1, h.pre_apply_checksum) != pos:
+    if Pos(h.min_txid - 1, h.pre_apply_checksum) != pos or not placed:
         raise pos_mismatch(pos)
     if db is None:
         db_id = conn.execute(
@@ -206,10 +242,6 @@ def record(
             now,
         ),
     )
-    dest = l0_path(l0_root, cluster, name, h.filename)
-    make_dirs(dest.parent)
-    os.replace(inc.path, dest)
-    sync_dir(dest.parent)
-    crash_point("ingest.renamed")
+    crash_point("ingest.placed")
     hwm = db.hwm if db else 0
     return Database(db_id, cluster, name, h.page_size, new_commit, h.max_txid, checksum, h.timestamp, hwm)

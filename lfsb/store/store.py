@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import shutil
 import sqlite3
@@ -24,7 +25,7 @@ from ..observability import CountingObjectStore, Metrics
 from ..storage import FileInfo, NotFound, ObjectStore
 from ..storage.local import make_dirs
 from .db import MetaDB, now_ms, to_sql
-from .ingest import find_database, inspect, l0_path, record
+from .ingest import Incoming, find_database, inspect, inspect_file, l0_path, place, record, unplace
 from .plan import snapshot_plan
 from .records import (
     DATABASE_COLUMNS,
@@ -43,6 +44,9 @@ MAX_COMPACT_INPUTS = 256
 """Most files merged in one pass; longer plans are merged in several passes."""
 DOWNLOAD_CONCURRENCY = 8
 PLAN_ATTEMPTS = 3
+INLINE_INSPECT_BYTES = 64 * 1024
+"""Bodies up to this size are verified on the event loop (well under a millisecond), larger ones on a
+worker thread."""
 
 
 @dataclass
@@ -146,7 +150,8 @@ class Store:
         return self._locks[(cluster, name)]
 
     async def _remove_unreferenced_l0(self) -> None:
-        """Remove L0 files that no row refers to (a crash between rename and commit)."""
+        """Remove L0 files that no row refers to (a crash between placing and commit), and directories
+        left empty (a database whose first file was refused)."""
         known = await self.meta.read(
             lambda c: {
                 (cluster, name, mn)
@@ -166,6 +171,9 @@ class Store:
                 if (path.parent.parent.name, path.parent.name, min_txid) not in known:
                     path.unlink(missing_ok=True)
                     removed += 1
+            for directory in [*self.l0_dir.glob("*/*"), *self.l0_dir.glob("*")]:
+                with contextlib.suppress(OSError):  # not empty
+                    directory.rmdir()
             return removed
 
         if removed := await asyncio.to_thread(_scan):
@@ -235,17 +243,24 @@ class Store:
         return await self.meta.read(lambda c: list_files(c, db.id))
 
     # -- ingestion ------------------------------------------------------------------------------
-    async def write_tx(self, cluster: str, name: str, path: Path) -> Database:
-        """Verify the LTX file at ``path`` and append it to the database (the file is moved into L0)."""
-        inc = await asyncio.to_thread(inspect, path)
-        try:
-            db = await self.meta.write(
-                lambda c: record(c, cluster, name, inc, self.l0_dir, now_ms(), self.meta.fsync_before_commit)
-            )
-        except LfsbError as e:
-            if e.code == "EPOSMISMATCH":
-                self.metrics.pos_mismatches.labels(cluster).inc()
-            raise
+    async def write_tx(self, cluster: str, name: str, body: bytes | Path) -> Database:
+        """Verify an LTX file and append it to the database.
+
+        ``body`` is the file's bytes (small ones are verified on the event loop) or the path of an
+        fsynced file in the data directory, which is linked into L0.
+        """
+        if isinstance(body, Path):
+            inc = await asyncio.to_thread(inspect_file, body)
+        elif len(body) <= INLINE_INSPECT_BYTES:
+            inc = inspect(io.BytesIO(body), len(body))
+        else:
+            inc = await asyncio.to_thread(inspect, io.BytesIO(body), len(body))
+        # Shielded: a cancelled request still removes the file it placed, or records it.
+        append = asyncio.ensure_future(self._append(cluster, name, inc, body))
+        append.add_done_callback(
+            lambda t: t.cancelled() or t.exception()
+        )  # retrieved even if we are cancelled
+        db = await asyncio.shield(append)
         crash_point("ingest.committed")
         self.metrics.tx_total.labels(cluster).inc(inc.header.max_txid - inc.header.min_txid + 1)
         self.metrics.tx_files.labels(cluster).inc()
@@ -259,6 +274,20 @@ class Store:
                 db.commit * db.page_size,
             )
         return db
+
+    async def _append(self, cluster: str, name: str, inc: Incoming, body: bytes | Path) -> Database:
+        """Place the L0 file of ``inc`` and record it; the file is removed again if it is not recorded."""
+        dest = l0_path(self.l0_dir, cluster, name, inc.header.filename)
+        async with self.locks(cluster, name).files:  # deletes remove the whole directory
+            placed = await asyncio.to_thread(place, dest, body)
+            try:
+                return await self.meta.write(lambda c: record(c, cluster, name, inc, placed, now_ms()))
+            except BaseException as e:
+                if placed:
+                    unplace(dest)
+                if isinstance(e, LfsbError) and e.code == "EPOSMISMATCH":
+                    self.metrics.pos_mismatches.labels(cluster).inc()
+                raise
 
     # -- snapshots ------------------------------------------------------------------------------
     def remote_info(self, db: Database, f: LTXFile) -> FileInfo:
