@@ -87,12 +87,13 @@ class _Write:
     """The function's result if ``ok``, else the exception that failed it (None: not run yet)."""
 
 
-def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if not future.done():  # the caller may have been cancelled meanwhile
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+def _settle(writes: list[_Write]) -> None:
+    for w in writes:
+        if not w.future.done():  # the caller may have been cancelled meanwhile
+            if w.ok:
+                w.future.set_result(w.value)
+            else:
+                w.future.set_exception(w.value)
 
 
 class MetaDB:
@@ -107,6 +108,8 @@ class MetaDB:
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._queue: list[_Write] = []
+        self._scheduled = False
+        """Whether a :meth:`_run_writes` is submitted that has not taken the queue yet."""
         self._queue_lock = threading.Lock()
 
     async def open(self) -> None:
@@ -132,9 +135,7 @@ class MetaDB:
         """Run every queued write in one transaction, each in its own savepoint (group commit: concurrent
         writers share one commit, so one fsync), then hand out the results, only after the commit."""
         with self._queue_lock:
-            batch, self._queue = self._queue, []
-        if not batch:
-            return
+            batch, self._queue, self._scheduled = self._queue, [], False
         conn = self._write_conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -155,8 +156,11 @@ class MetaDB:
             for w in batch:
                 if w.ok or w.value is None:  # rolled back, or never run
                     w.ok, w.value = False, e
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Write]] = {}
         for w in batch:
-            w.loop.call_soon_threadsafe(_settle, w.future, w.ok, w.value)
+            by_loop.setdefault(w.loop, []).append(w)
+        for loop, writes in by_loop.items():  # one wake-up per event loop, not one per write
+            loop.call_soon_threadsafe(_settle, writes)
 
     def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._reader()
@@ -176,7 +180,9 @@ class MetaDB:
         w = _Write(fn, loop.create_future(), loop)
         with self._queue_lock:
             self._queue.append(w)
-        self._writer.submit(self._run_writes)
+            schedule, self._scheduled = not self._scheduled, True
+        if schedule:  # else a run that has not taken the queue yet will take this write too
+            self._writer.submit(self._run_writes)
         return await w.future
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
