@@ -51,11 +51,19 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_synced(path: Path, data: bytes) -> None:
-    """Create the file ``path`` holding ``data``, fsynced (its directory entry is not)."""
-    with open(path, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    """Create the file ``path`` holding ``data``, fsynced (its directory entry is not); on failure the
+    file is removed again. Four system calls, for small files written on the hot path of ingestion."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
 
 
 def make_dirs(path: Path) -> None:
