@@ -12,6 +12,7 @@ import tempfile
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +45,8 @@ MAX_COMPACT_INPUTS = 256
 """Most files merged in one pass; longer plans are merged in several passes."""
 DOWNLOAD_CONCURRENCY = 8
 PLAN_ATTEMPTS = 3
+L0_THREADS = 16
+"""Threads that write and fsync L0 files: concurrent fsyncs share the disk's cache flushes."""
 INLINE_INSPECT_BYTES = 64 * 1024
 """Bodies up to this size are verified on the event loop (well under a millisecond), larger ones on a
 worker thread."""
@@ -121,6 +124,7 @@ class Store:
         self.meta = MetaDB(self.data_path / "server.db")
         self._locks: defaultdict[tuple[str, str], _DatabaseLocks] = defaultdict(_DatabaseLocks)
         self._cluster_ids: dict[str, str] = {}
+        self._l0_writers = ThreadPoolExecutor(L0_THREADS, thread_name_prefix="lfsb-l0")
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -138,7 +142,8 @@ class Store:
         await self._remove_unreferenced_l0()
 
     async def close(self) -> None:
-        """Close the metadata db."""
+        """Finish the L0 writes under way and close the metadata db."""
+        await asyncio.to_thread(self._l0_writers.shutdown)
         await self.meta.close()
 
     def temp_path(self, prefix: str) -> Path:
@@ -279,7 +284,7 @@ class Store:
         """Place the L0 file of ``inc`` and record it; the file is removed again if it is not recorded."""
         dest = l0_path(self.l0_dir, cluster, name, inc.header.filename)
         async with self.locks(cluster, name).files:  # deletes remove the whole directory
-            placed = await asyncio.to_thread(place, dest, body)
+            placed = await asyncio.get_running_loop().run_in_executor(self._l0_writers, place, dest, body)
             try:
                 return await self.meta.write(lambda c: record(c, cluster, name, inc, placed, now_ms()))
             except BaseException as e:
