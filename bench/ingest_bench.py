@@ -2,16 +2,16 @@
 
 Run ``python bench/ingest_bench.py`` (``--quick`` for fewer transactions; ``--profile FILE`` also writes
 a py-spy profile of the server's Python code under load: ``pip install py-spy``). The server runs as a
-subprocess,
-``python -c 'from lfsb.server.main import main; main()'`` (the ``lfsb-server`` entry point), on a free
-loopback port with local-directory storage in a temp directory and compaction intervals so long that
-nothing is compacted during the run; its peak RSS is ``VmHWM`` from ``/proc/<pid>/status``.
+subprocess, ``python -c 'from lfsb.server.main import main; main()'`` (the ``lfsb-server`` entry
+point, from this checkout), on a free loopback port with local-directory storage in a temp directory
+and compaction intervals so long that nothing is compacted during the run; its peak RSS is ``VmHWM``
+from ``/proc/<pid>/status``.
 
 Before any clock starts, the bench builds for each database a snapshot of ``--commit`` 4 KiB pages and
 ``2 x --transactions`` incremental LZ4 LTX files that each rewrite ``--pages`` pages, with pre/post-apply
 checksums chained, and POSTs the snapshots. Every database then streams its files from its own task
-(``POST /db/tx``, chunked as LiteFS sends it: header, LZ4 frame, trailer), one after another, in two
-phases, while another task polls ``GET /pos``:
+and keep-alive connection (``POST /db/tx`` with LiteFS's headers, chunked as LiteFS sends it: header,
+LZ4 frame, trailer), one after another, in two phases, while another task polls ``GET /pos``:
 
 * throughput: the first half of the files as fast as the server takes them (50 requests in flight);
 * latency: the second half paced so that all databases together offer the target rate (half the
@@ -27,6 +27,11 @@ LTX file, with the server's durability settings (WAL, ``synchronous=FULL``), on 
 It runs before and after the server; the faster run counts (the machine may be shared). Targets are
 printed as PASS/FAIL: throughput >= 0.5x the baseline's pages/s, p99 ``POST /db/tx`` < 50 ms at that
 load (the paced phase), server peak RSS < 200 MiB. The exit status is 0 unless the run or a check fails.
+
+Both sides are bound by the disk's cache flushes: the baseline needs one per transaction, the server two
+(the L0 file and its directory entry) plus one per group commit, shared by concurrent requests. On ext4
+without a journal, creating files is slow for 30 s after many files were deleted nearby, as the bench's
+own clean-up does: leave half a minute between runs.
 """
 
 from __future__ import annotations
@@ -197,6 +202,7 @@ def start_server(data: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     }
     for name in ("BUCKET_NAME", "SENTRY_DSN"):
         env.pop(name, None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     code = "from lfsb.server.main import main; main()"
     with log.open("wb") as out:
         return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=out, stderr=subprocess.STDOUT)

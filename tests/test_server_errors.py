@@ -30,8 +30,10 @@ from tests.lfsb_server import (
     Reply,
     ServerState,
     assert_unchanged,
+    indexed_files,
     server_state,
     storage_env_for,
+    stored_files,
 )
 
 PAGE_SIZE = 4096
@@ -328,6 +330,46 @@ async def test_concurrent_writes_from_one_position(
     assert loser["pos"] == winner.pos
     assert list(server.store.tmp_dir.iterdir()) == []
     await assert_model(server, client, {"db": winner})
+
+
+@pytest.mark.parametrize("valid", [True, False], ids=["recorded", "refused"])
+async def test_cancelled_write_is_recorded_or_leaves_nothing(
+    server: Server, client: Client, seeded: tuple[Model, ServerState], valid: bool
+) -> None:
+    """A write whose caller goes away while its L0 file is being placed still ends one way: recorded
+    with its file, or (refused: a wrong pre-apply checksum) neither."""
+    model, before = seeded
+    body, after = incremental(model, {2: page(2, 3)}, **({} if valid else {"pre_apply_checksum": FLAG | 1}))
+    write = asyncio.ensure_future(server.store.write_tx("test", "db", body))
+    await asyncio.sleep(0)  # verified; its file is placed and recorded by a shielded task
+    write.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await write
+    async with asyncio.timeout(10), server.store.locks("test", "db").files:
+        pass  # held by the placing and recording, which went on without the caller
+    if valid:
+        await assert_model(server, client, {"db": after})
+    else:
+        await assert_unchanged(server, client, before)
+    assert await indexed_files(server) == await stored_files(server)
+
+
+async def test_a_file_already_in_place_wins(
+    server: Server, client: Client, seeded: tuple[Model, ServerState]
+) -> None:
+    """A file at the L0 path of the incoming transactions (another request placing the same TXIDs) is
+    never overwritten: the newcomer gets 409 with the current position, and the file stays as it was."""
+    model, before = seeded
+    body, _ = incremental(model, {2: page(2, 3)})
+    header = Header.from_bytes(body[:HEADER_SIZE])
+    held = server.store.l0_dir / "test" / "db" / header.filename
+    held.write_bytes(b"another request's file")
+    data = error(await post_tx(client, body), 409, "EPOSMISMATCH", "position mismatch")
+    assert data["pos"] == model.pos
+    assert held.read_bytes() == b"another request's file"
+    held.unlink()
+    await assert_unchanged(server, client, before)
+    accepted(await post_tx(client, body))  # once that request is gone, the same body goes in
 
 
 async def test_stalled_body_still_succeeds(

@@ -260,11 +260,10 @@ class Store:
             inc = inspect(io.BytesIO(body), len(body))
         else:
             inc = await asyncio.to_thread(inspect, io.BytesIO(body), len(body))
-        # Shielded: a cancelled request still removes the file it placed, or records it.
+        # Shielded: a cancelled request still removes the file it placed, or records it (and its
+        # outcome counts as retrieved, so a failure after a cancellation is not logged as lost).
         append = asyncio.ensure_future(self._append(cluster, name, inc, body))
-        append.add_done_callback(
-            lambda t: t.cancelled() or t.exception()
-        )  # retrieved even if we are cancelled
+        append.add_done_callback(lambda t: t.cancelled() or t.exception())
         db = await asyncio.shield(append)
         crash_point("ingest.committed")
         self.metrics.tx_total.labels(cluster).inc(inc.header.max_txid - inc.header.min_txid + 1)
