@@ -31,7 +31,7 @@ load (the paced phase), server peak RSS < 200 MiB. The exit status is 0 unless t
 Both sides are bound by the disk's cache flushes: the baseline needs one per transaction, the server two
 (the L0 file and its directory entry) plus one per group commit, shared by concurrent requests. On ext4
 without a journal, creating files is slow for 30 s after many files were deleted nearby, as the bench's
-own clean-up does: leave half a minute between runs.
+own clean-up does: leave a minute or two between runs.
 """
 
 from __future__ import annotations
