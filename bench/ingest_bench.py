@@ -30,8 +30,8 @@ load (the paced phase), server peak RSS < 200 MiB. The exit status is 0 unless t
 
 Both sides are bound by the disk's cache flushes: the baseline needs one per transaction, the server two
 (the L0 file and its directory entry) plus one per group commit, shared by concurrent requests. On ext4
-without a journal, creating files is slow for 30 s after many files were deleted nearby, as the bench's
-own clean-up does: leave a minute or two between runs.
+without a journal, creating files stays slow for about a minute after many files were deleted nearby, as
+the bench's own clean-up does: leave a minute or two between runs.
 """
 
 from __future__ import annotations
@@ -270,8 +270,7 @@ class Connection:
             self.writer.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(trailer), trailer))
         await self.writer.drain()
         status_line, *lines = (await self.reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
-        headers = dict(line.split(": ", 1) for line in lines if line)
-        headers = {k.lower(): v for k, v in headers.items()}
+        headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines if line)}
         if "content-length" not in headers:
             raise RuntimeError(f"{method} {target}: response without Content-Length: {headers}")
         return (
@@ -296,7 +295,7 @@ async def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
         try:
             if (await conn.request("GET", "/healthz"))[0] == 200:
                 return
-        except OSError:
+        except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
             await conn.close()
