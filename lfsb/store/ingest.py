@@ -121,7 +121,7 @@ def _old_checksums(conn: sqlite3.Connection, db_id: int, pgnos: list[int]) -> di
 
 def l0_path(l0_root: Path, cluster: str, name: str, filename: str) -> Path:
     """Where an L0 file of (cluster, name) lives."""
-    return l0_root / cluster / name / filename
+    return l0_root.joinpath(cluster, name, filename)
 
 
 def place(dest: Path, body: bytes | Path) -> bool:
