@@ -46,7 +46,8 @@ MAX_COMPACT_INPUTS = 256
 DOWNLOAD_CONCURRENCY = 8
 PLAN_ATTEMPTS = 3
 L0_THREADS = 16
-"""Threads that write and fsync L0 files: concurrent fsyncs share the disk's cache flushes."""
+"""Threads that write and fsync L0 files: a pool of their own, so ingestion never waits behind other
+work (compaction, snapshots) on the default executor."""
 INLINE_INSPECT_BYTES = 64 * 1024
 """Bodies up to this size are verified on the event loop (well under a millisecond), larger ones on a
 worker thread."""
