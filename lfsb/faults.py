@@ -4,8 +4,8 @@
 ``name`` kill the process with SIGKILL, from whichever thread reaches it; every other call is one
 dict lookup. The points, each just after the step it names:
 
-* ``ingest.placed``: an L0 file written and fsynced at its place in ``l0/``, its metadata
-  transaction not committed (runs on the metadata writer thread).
+* ``ingest.placed``: an L0 file created at its place in ``l0/`` and its rows written, neither
+  synced nor committed yet (runs on the metadata writer thread).
 * ``ingest.committed``: a transaction (LiteFS's, a restore's or an import's) committed, not yet
   acknowledged.
 * ``compaction.l<N>.built``: a file of level N (a compaction level, 9 for snapshots) written to the

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import functools
 import hashlib
 import io
@@ -370,6 +371,27 @@ async def test_a_file_already_in_place_wins(
     held.unlink()
     await assert_unchanged(server, client, before)
     accepted(await post_tx(client, body))  # once that request is gone, the same body goes in
+
+
+async def test_a_failed_sync_refuses_the_write_and_removes_its_file(
+    server: Server, client: Client, seeded: tuple[Model, ServerState], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the L0 files of a group commit cannot be made durable (here the disk is full), the write is
+    refused (507), nothing is recorded and its file is gone; once the disk is fine, the same body goes in."""
+    model, before = seeded
+    body, after = incremental(model, {2: page(2, 3)})
+    l0_sync = server.store._l0_sync
+    assert l0_sync is not None
+
+    def full(paths: list[object]) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(l0_sync, "sync", full)
+    error(await post_tx(client, body), 507, "ENOSPACE")
+    await assert_unchanged(server, client, before)  # its L0 file included
+    monkeypatch.undo()
+    accepted(await post_tx(client, body))
+    await assert_model(server, client, {"db": after})
 
 
 async def test_stalled_body_still_succeeds(

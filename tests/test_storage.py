@@ -4,6 +4,8 @@ configuration from the environment, error mapping and retries (a fake S3 endpoin
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,6 +25,7 @@ from lfsb.storage import (
     ObjectStore,
     S3Store,
     StorageError,
+    local,
     object_key,
     parse_object_key,
 )
@@ -304,6 +307,72 @@ async def test_local_check_not_writable(tmp_path: Path) -> None:
     write_file(tmp_path / "file", b"")
     with pytest.raises(StorageError, match="not writable"):
         await LocalStore(tmp_path / "file" / "objects").check()
+
+
+def new_files(root: Path) -> list[Path]:
+    """Two new files in one directory and one in another, below ``root``."""
+    paths = [root / "a" / "1.ltx", root / "a" / "2.ltx", root / "b" / "1.ltx"]
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        local.write_new(path, path.name.encode())
+    return paths
+
+
+def test_write_new_never_replaces(tmp_path: Path) -> None:
+    local.write_new(tmp_path / "f", b"first")
+    with pytest.raises(FileExistsError):
+        local.write_new(tmp_path / "f", b"second")
+    assert (tmp_path / "f").read_bytes() == b"first"
+
+
+@pytest.mark.skipif(local._syncfs is None, reason="no syncfs(2) here")
+def test_file_system_sync_is_one_syncfs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One syncfs(2) of the file system holding the root, whatever the number of files; a failure is an
+    OSError."""
+    real = local._syncfs
+    fds: list[int] = []
+
+    def recording(fd: int) -> int:
+        fds.append(fd)
+        return real(fd)
+
+    sync = local.FileSystemSync(tmp_path)
+    try:
+        monkeypatch.setattr(local, "_syncfs", recording)
+        sync.sync(new_files(tmp_path))
+        assert len(fds) == 1 and os.path.samefile(f"/proc/self/fd/{fds[0]}", tmp_path)
+
+        def failing(fd: int) -> int:
+            ctypes.set_errno(errno.EIO)
+            return -1
+
+        monkeypatch.setattr(local, "_syncfs", failing)
+        with pytest.raises(OSError, match="syncfs") as info:
+            sync.sync([tmp_path / "a" / "1.ltx"])
+        assert info.value.errno == errno.EIO
+    finally:
+        sync.close()
+
+
+def test_file_system_sync_without_syncfs_fsyncs_each_file_and_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = new_files(tmp_path)
+    synced: list[Path] = []
+    real_fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(local, "_syncfs", None)
+    monkeypatch.setattr(os, "fsync", recording)
+    sync = local.FileSystemSync(tmp_path)
+    try:
+        sync.sync(paths)
+    finally:
+        sync.close()
+    assert sorted(synced) == sorted([*paths, tmp_path / "a", tmp_path / "b"])
 
 
 # -- S3 specifics -----------------------------------------------------------------------------------------

@@ -1,20 +1,22 @@
 """A local directory as object store: files at ``root/<key>``, metadata in ``<key>.meta.json`` sidecars.
 
 Used when no bucket is configured, and in tests. Writes are atomic (temp file in the same directory, fsync,
-rename, fsync of the directory). All file I/O runs in worker threads, copying in 1 MiB chunks.
+rename, fsync of the directory). All file I/O runs in worker threads, copying in 1 MiB chunks. Also the home
+of the helpers that make files durable (:func:`fsync_dir`, :func:`make_dirs`, :class:`FileSystemSync`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -50,20 +52,55 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_synced(path: Path, data: bytes) -> None:
-    """Create the file ``path`` holding ``data``, fsynced (its directory entry is not); on failure the
-    file is removed again. Four system calls, for small files written on the hot path of ingestion."""
+def write_new(path: Path, data: bytes) -> None:
+    """Create the file ``path`` holding ``data``, never over an existing one (``FileExistsError``); not
+    fsynced (:class:`FileSystemSync` does that for many files at once). On failure the file is removed."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
     except BaseException:
         os.close(fd)
         path.unlink(missing_ok=True)
         raise
     os.close(fd)
+
+
+_syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+
+
+class FileSystemSync:
+    """Makes a batch of new files, and their directory entries, durable at once.
+
+    On Linux: one ``syncfs(2)`` of the file system holding ``root``, so a batch costs one cache flush
+    instead of two per file (the file and its directory). It also writes out whatever else is dirty on
+    that file system. The descriptor stays open, so each call reports every writeback error on the file
+    system since the previous call. Elsewhere: an fsync of each file and of each directory holding one.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self._fd = os.open(root, os.O_RDONLY | os.O_CLOEXEC)
+
+    def sync(self, paths: Collection[Path]) -> None:
+        """Make ``paths`` (files below ``root``) and their directory entries durable (blocking)."""
+        if _syncfs is not None:
+            if _syncfs(self._fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"syncfs: {os.strerror(err)}")
+            return
+        for path in paths:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for directory in {path.parent for path in paths}:
+            fsync_dir(directory)
+
+    def close(self) -> None:
+        """Close the descriptor of ``root``."""
+        os.close(self._fd)
 
 
 def make_dirs(path: Path) -> None:

@@ -8,7 +8,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -82,6 +82,7 @@ class _Write:
     fn: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    new_files: Sequence[Path]
     ok: bool = False
     value: Any = None
     """The function's result if ``ok``, else the exception that failed it (None: not run yet)."""
@@ -99,8 +100,12 @@ def _settle(writes: list[_Write]) -> None:
 class MetaDB:
     """Async access to the metadata db: :meth:`write` on the single writer thread, :meth:`read` elsewhere."""
 
-    def __init__(self, path: Path, readers: int = 4) -> None:
+    def __init__(
+        self, path: Path, readers: int = 4, sync_files: Callable[[list[Path]], None] | None = None
+    ) -> None:
         self.path = path
+        self._sync_files = sync_files
+        """Makes the new files of a batch's writes durable, before its commit."""
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="lfsb-db-writer")
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="lfsb-db-reader")
         self._local = threading.local()
@@ -133,7 +138,10 @@ class MetaDB:
 
     def _run_writes(self) -> None:
         """Run every queued write in one transaction, each in its own savepoint (group commit: concurrent
-        writers share one commit, so one fsync), then hand out the results, only after the commit."""
+        writers share one commit, so one fsync), then hand out the results, only after the commit.
+
+        The new files of the writes that succeeded are made durable first, all at once: a commit never
+        refers to a file that a power loss could take away."""
         with self._queue_lock:
             batch, self._queue, self._scheduled = self._queue, [], False
         conn = self._write_conn
@@ -149,6 +157,10 @@ class MetaDB:
                         raise  # SQLite rolled the whole transaction back: the batch is lost
                     conn.execute("ROLLBACK TO write")
                 conn.execute("RELEASE write")
+            new_files = [path for w in batch if w.ok for path in w.new_files]
+            if new_files:
+                assert self._sync_files is not None, "new_files needs a MetaDB with sync_files"
+                self._sync_files(new_files)
             conn.execute("COMMIT")
         except BaseException as e:
             if conn.in_transaction:
@@ -170,14 +182,15 @@ class MetaDB:
         finally:
             conn.execute("COMMIT")
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(self, fn: Callable[[sqlite3.Connection], T], new_files: Sequence[Path] = ()) -> T:
         """Run ``fn(conn)`` atomically on the writer thread and return once it is committed.
 
         It runs in a savepoint of a ``BEGIN IMMEDIATE`` transaction shared with the writes queued
-        meanwhile: if ``fn`` raises, only its own changes are rolled back.
+        meanwhile: if ``fn`` raises, only its own changes are rolled back. ``new_files`` are files that
+        ``fn`` creates and records: if it succeeds, they are made durable before the commit.
         """
         loop = asyncio.get_running_loop()
-        w = _Write(fn, loop.create_future(), loop)
+        w = _Write(fn, loop.create_future(), loop, new_files)
         with self._queue_lock:
             self._queue.append(w)
             schedule, self._scheduled = not self._scheduled, True

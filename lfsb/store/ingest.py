@@ -1,11 +1,12 @@
 """Ingestion (WriteTx): verify an incoming LTX file, check that it follows on, record it as L0.
 
 Three steps. :func:`inspect` decodes and verifies the file before any lock is taken (small bodies in
-memory, larger files on a worker thread). :func:`place` creates the file at its L0 path, durably, and
-never over another one. :func:`record` runs on the metadata writer thread: it checks the file against
-the current position and page checksums (upstream §3.4 semantics) and records it, in one transaction.
-The commit is what makes a placed file part of the database: a file without a row (its request
-failed, or the server crashed first) is removed by its request or at the next start.
+memory, larger files on a worker thread). On the metadata writer thread, :func:`place` creates the file
+at its L0 path, never over another one, and :func:`record` checks the file against the current position
+and page checksums (upstream §3.4 semantics) and records it. The writer makes the placed files of a whole
+batch durable at once, then commits: the commit is what makes a placed file part of the database. A file
+without a row (its request failed, or the server crashed first) is removed by its request or at the next
+start.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from ..ltx import (
     frame_checksum,
     timestamp_to_datetime,
 )
-from ..storage.local import fsync_dir, make_dirs, write_synced
+from ..storage.local import make_dirs, write_new
 from .db import from_sql, to_sql
 from .records import DATABASE_COLUMNS, Database
 
@@ -126,30 +127,24 @@ def l0_path(l0_root: Path, cluster: str, name: str, filename: str) -> Path:
 
 def place(dest: Path, body: bytes | Path) -> bool:
     """Create the L0 file ``dest`` from ``body`` (the file's bytes, or an fsynced file on the same file
-    system to link), fsynced with its directory entry (blocking; run it on a worker thread).
+    system to link), not yet durable: the metadata writer syncs it before the commit that records it.
 
     An existing file is never replaced: False if ``dest`` exists, i.e. another request holds the
     same transactions or they are already recorded.
     """
-    for attempt in range(2):
+    while True:
         try:
             if isinstance(body, Path):
                 os.link(body, dest)
             else:
-                write_synced(dest, body)
-            break
+                write_new(dest, body)
+            return True
         except FileExistsError:
             return False
         except FileNotFoundError:
-            if attempt or dest.parent.is_dir():
+            if dest.parent.is_dir():  # it is the body's file that is missing
                 raise
-            make_dirs(dest.parent)
-    try:
-        fsync_dir(dest.parent)
-    except BaseException:
-        dest.unlink(missing_ok=True)
-        raise
-    return True
+            make_dirs(dest.parent)  # the database's first file
 
 
 def unplace(dest: Path) -> None:

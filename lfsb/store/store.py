@@ -12,7 +12,6 @@ import tempfile
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,8 +23,8 @@ from ..faults import crash_point
 from ..ltx import Header, Pos, Trailer, compact, parse_filename
 from ..observability import CountingObjectStore, Metrics
 from ..storage import FileInfo, NotFound, ObjectStore
-from ..storage.local import make_dirs
-from .db import MetaDB, now_ms, to_sql
+from ..storage.local import FileSystemSync, make_dirs
+from .db import MetaDB, from_sql, now_ms, to_sql
 from .ingest import Incoming, find_database, inspect, inspect_file, l0_path, place, record, unplace
 from .plan import snapshot_plan
 from .records import (
@@ -45,9 +44,6 @@ MAX_COMPACT_INPUTS = 256
 """Most files merged in one pass; longer plans are merged in several passes."""
 DOWNLOAD_CONCURRENCY = 8
 PLAN_ATTEMPTS = 3
-L0_THREADS = 16
-"""Threads that write and fsync L0 files: a pool of their own, so ingestion never waits behind other
-work (compaction, snapshots) on the default executor."""
 INLINE_INSPECT_BYTES = 64 * 1024
 """Bodies up to this size are verified on the event loop (well under a millisecond), larger ones on a
 worker thread."""
@@ -122,10 +118,10 @@ class Store:
         self.data_path = config.data_path
         self.tmp_dir = self.data_path / "tmp"
         self.l0_dir = self.data_path / "l0"
-        self.meta = MetaDB(self.data_path / "server.db")
+        self._l0_sync: FileSystemSync | None = None
+        self.meta = MetaDB(self.data_path / "server.db", sync_files=self._sync_l0)
         self._locks: defaultdict[tuple[str, str], _DatabaseLocks] = defaultdict(_DatabaseLocks)
         self._cluster_ids: dict[str, str] = {}
-        self._l0_writers = ThreadPoolExecutor(L0_THREADS, thread_name_prefix="lfsb-l0")
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -136,6 +132,7 @@ class Store:
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
             self.tmp_dir.mkdir()
             make_dirs(self.l0_dir)
+            self._l0_sync = FileSystemSync(self.l0_dir)
 
         await asyncio.to_thread(_prepare)
         await self.meta.open()
@@ -143,9 +140,15 @@ class Store:
         await self._remove_unreferenced_l0()
 
     async def close(self) -> None:
-        """Finish the L0 writes under way and close the metadata db."""
-        await asyncio.to_thread(self._l0_writers.shutdown)
+        """Finish the writes under way and close the metadata db."""
         await self.meta.close()
+        if self._l0_sync is not None:
+            self._l0_sync.close()
+            self._l0_sync = None
+
+    def _sync_l0(self, paths: list[Path]) -> None:
+        assert self._l0_sync is not None, "store not open"
+        self._l0_sync.sync(paths)
 
     def temp_path(self, prefix: str) -> Path:
         """A fresh path in the temp directory (removed at every start)."""
@@ -234,8 +237,13 @@ class Store:
         return [Database.from_row(r) for r in rows]
 
     async def positions(self, cluster: str) -> dict[str, Pos]:
-        """The position of every database of a cluster."""
-        return {db.name: db.pos for db in await self.databases(cluster)}
+        """The position of every database of a cluster, by name (``GET /pos``: only the columns it needs)."""
+        rows = await self.meta.read(
+            lambda c: c.execute(
+                "SELECT name, txid, checksum FROM databases WHERE cluster = ? ORDER BY name", (cluster,)
+            ).fetchall()
+        )
+        return {name: Pos(txid, from_sql(checksum)) for name, txid, checksum in rows}
 
     async def database(self, cluster: str, name: str) -> Database:
         """One database; 404 ``ENODB`` if there is none."""
@@ -281,13 +289,20 @@ class Store:
         return db
 
     async def _append(self, cluster: str, name: str, inc: Incoming, body: bytes | Path) -> Database:
-        """Place the L0 file of ``inc`` and record it; the file is removed again if it is not recorded."""
+        """Place the L0 file of ``inc`` and record it, both on the writer thread (which syncs the file with
+        its batch, before the commit); the file is removed again if it is not recorded."""
         dest = l0_path(self.l0_dir, cluster, name, inc.header.filename)
+        placed = False
+
+        def _place_and_record(conn: sqlite3.Connection) -> Database:
+            nonlocal placed
+            placed = place(dest, body)
+            return record(conn, cluster, name, inc, placed, now_ms())
+
         async with self.locks(cluster, name).files:  # deletes remove the whole directory
-            placed = await asyncio.get_running_loop().run_in_executor(self._l0_writers, place, dest, body)
             try:
-                return await self.meta.write(lambda c: record(c, cluster, name, inc, placed, now_ms()))
-            except BaseException as e:
+                return await self.meta.write(_place_and_record, new_files=[dest])
+            except Exception as e:  # not a cancellation: the writer may still record the file
                 if placed:
                     unplace(dest)
                 if isinstance(e, LfsbError) and e.code == "EPOSMISMATCH":
