@@ -314,6 +314,23 @@ async def test_missing_pages(server: Server, client: Client, seeded: tuple[Model
     await assert_unchanged(server, client, before)
 
 
+async def test_page_checksums_of_large_and_sparse_transactions(server: Server, client: Client) -> None:
+    """Page checksums are read and written many rows per statement: a snapshot and a rewrite larger than
+    one statement's share, and a few pages far apart, each verified against the stored checksums."""
+    body, model = snapshot(700)
+    accepted(await post_tx(client, body))
+    for changes in (
+        {1: page(1, 1), 350: page(350, 1), 700: page(700, 1)},  # sparse
+        {p: page(p, 2) for p in range(50, 651)},  # dense, several statements
+        {2: page(2, 3), 699: noise(699)},
+    ):
+        body, model = incremental(model, changes)
+        accepted(await post_tx(client, body))
+    body, _ = incremental(model, {3: page(3, 4), 600: page(600, 4)}, post_apply_checksum=model.checksum)
+    error(await post_tx(client, body), 400, "EBADCHECKSUM")
+    await assert_model(server, client, {"db": model})
+
+
 @both_stores
 async def test_concurrent_writes_from_one_position(
     server: Server, client: Client, seeded: tuple[Model, ServerState]

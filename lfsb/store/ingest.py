@@ -15,6 +15,7 @@ import contextlib
 import os
 import sqlite3
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -102,22 +103,45 @@ def find_database(conn: sqlite3.Connection, cluster: str, name: str) -> Database
     return Database.from_row(row) if row else None
 
 
+ROWS_PER_STATEMENT = 250
+"""Page rows read or written by one SQL statement. The writer thread gives up the GIL for every step of
+a statement, and getting it back from a busy event loop costs more than the step: few steps, few waits."""
+
+
 def _old_checksums(conn: sqlite3.Connection, db_id: int, pgnos: list[int]) -> dict[int, int]:
+    """The stored checksums of ``pgnos`` (ascending), each statement returning its rows as one value."""
+    found: dict[int, int] = {}
     if not pgnos:
-        return {}
+        return found
+    select = "SELECT group_concat(pgno || ':' || checksum) FROM pages WHERE db_id = ? AND "
     lo, hi = pgnos[0], pgnos[-1]
     if hi - lo + 1 <= 4 * len(pgnos):
-        rows = conn.execute(
-            "SELECT pgno, checksum FROM pages WHERE db_id = ? AND pgno BETWEEN ? AND ?", (db_id, lo, hi)
-        )
-        return {pgno: from_sql(c) for pgno, c in rows}
-    query = "SELECT checksum FROM pages WHERE db_id = ? AND pgno = ?"
-    found = {}
-    for pgno in pgnos:
-        row = conn.execute(query, (db_id, pgno)).fetchone()
-        if row is not None:
-            found[pgno] = from_sql(row[0])
+        queries = [(select + "pgno BETWEEN ? AND ?", (db_id, lo, hi))]
+    else:
+        queries = []
+        for i in range(0, len(pgnos), ROWS_PER_STATEMENT):
+            part = pgnos[i : i + ROWS_PER_STATEMENT]
+            queries.append((select + f"pgno IN ({','.join('?' * len(part))})", (db_id, *part)))
+    for sql, params in queries:
+        (rows,) = conn.execute(sql, params).fetchone()
+        for item in rows.split(",") if rows else ():
+            pgno, _, checksum = item.partition(":")
+            found[int(pgno)] = from_sql(int(checksum))
     return found
+
+
+def _store_checksums(
+    conn: sqlite3.Connection, db_id: int, pgnos: Sequence[int], checksums: list[int]
+) -> None:
+    """Insert or replace the checksums of ``pgnos``, many rows per statement."""
+    for i in range(0, len(pgnos), ROWS_PER_STATEMENT):
+        part = range(i, min(i + ROWS_PER_STATEMENT, len(pgnos)))
+        params = [v for j in part for v in (db_id, pgnos[j], to_sql(checksums[j]))]
+        conn.execute(
+            f"INSERT INTO pages (db_id, pgno, checksum) VALUES {','.join(['(?, ?, ?)'] * len(part))}"
+            " ON CONFLICT (db_id, pgno) DO UPDATE SET checksum = excluded.checksum",
+            params,
+        )
 
 
 def l0_path(l0_root: Path, cluster: str, name: str, filename: str) -> Path:
@@ -212,11 +236,7 @@ def record(
             f"incorrect post-apply checksum of {trailer.post_apply_checksum:016x}, expected {checksum:016x}",
         )
 
-    conn.executemany(
-        "INSERT INTO pages (db_id, pgno, checksum) VALUES (?, ?, ?)"
-        " ON CONFLICT (db_id, pgno) DO UPDATE SET checksum = excluded.checksum",
-        ((db_id, p, to_sql(c)) for p, c in zip(pgnos, checksums, strict=True)),
-    )
+    _store_checksums(conn, db_id, pgnos, checksums)
     if new_commit < old_commit:
         conn.execute("DELETE FROM pages WHERE db_id = ? AND pgno > ?", (db_id, new_commit))
     conn.execute(
