@@ -28,10 +28,11 @@ It runs before and after the server; the faster run counts (the machine may be s
 printed as PASS/FAIL: throughput >= 0.5x the baseline's pages/s, p99 ``POST /db/tx`` < 50 ms at that
 load (the paced phase), server peak RSS < 200 MiB. The exit status is 0 unless the run or a check fails.
 
-Both sides are bound by the disk's cache flushes: the baseline needs one per transaction, the server two
-(the L0 file and its directory entry) plus one per group commit, shared by concurrent requests. On ext4
-without a journal, creating files stays slow for about a minute after many files were deleted nearby, as
-the bench's own clean-up does: leave a minute or two between runs.
+The baseline needs one cache flush per transaction; the server needs two per group commit (one syncfs for
+the group's L0 files, one for the metadata commit), so it is bound by Python's work per request instead:
+the event loop and the metadata writer share one GIL. On ext4 without a journal, creating files stays slow
+for about a minute after many files were deleted nearby, as the bench's own clean-up does: leave a minute
+or two between runs.
 """
 
 from __future__ import annotations
