@@ -111,18 +111,13 @@ a statement, and getting it back from a busy event loop costs more than the step
 def _old_checksums(conn: sqlite3.Connection, db_id: int, pgnos: list[int]) -> dict[int, int]:
     """The stored checksums of ``pgnos`` (ascending), each statement returning its rows as one value."""
     found: dict[int, int] = {}
-    if not pgnos:
-        return found
     select = "SELECT group_concat(pgno || ':' || checksum) FROM pages WHERE db_id = ? AND "
-    lo, hi = pgnos[0], pgnos[-1]
-    if hi - lo + 1 <= 4 * len(pgnos):
-        queries = [(select + "pgno BETWEEN ? AND ?", (db_id, lo, hi))]
-    else:
-        queries = []
-        for i in range(0, len(pgnos), ROWS_PER_STATEMENT):
-            part = pgnos[i : i + ROWS_PER_STATEMENT]
-            queries.append((select + f"pgno IN ({','.join('?' * len(part))})", (db_id, *part)))
-    for sql, params in queries:
+    for i in range(0, len(pgnos), ROWS_PER_STATEMENT):
+        part = pgnos[i : i + ROWS_PER_STATEMENT]
+        if part[-1] - part[0] + 1 <= 4 * len(part):  # dense: a range scan
+            sql, params = select + "pgno BETWEEN ? AND ?", (db_id, part[0], part[-1])
+        else:
+            sql, params = select + f"pgno IN ({','.join('?' * len(part))})", (db_id, *part)
         (rows,) = conn.execute(sql, params).fetchone()
         for item in rows.split(",") if rows else ():
             pgno, _, checksum = item.partition(":")
