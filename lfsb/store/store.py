@@ -28,7 +28,6 @@ from .db import MetaDB, from_sql, now_ms, to_sql
 from .ingest import Incoming, find_database, inspect, inspect_file, l0_path, place, record, unplace
 from .plan import snapshot_plan
 from .records import (
-    DATABASE_COLUMNS,
     L0,
     L0_COLUMNS,
     REMOTE_COLUMNS,
@@ -226,15 +225,6 @@ class Store:
         previous = await self.meta.write(_reset)
         self._cluster_ids.pop(cluster, None)
         return previous
-
-    async def databases(self, cluster: str) -> list[Database]:
-        """Every database of a cluster, by name."""
-        rows = await self.meta.read(
-            lambda c: c.execute(
-                f"SELECT {DATABASE_COLUMNS} FROM databases WHERE cluster = ? ORDER BY name", (cluster,)
-            ).fetchall()
-        )
-        return [Database.from_row(r) for r in rows]
 
     async def positions(self, cluster: str) -> dict[str, Pos]:
         """The position of every database of a cluster, by name (``GET /pos``: only the columns it needs)."""
