@@ -48,7 +48,8 @@ from typing import Any
 import aiohttp
 
 from lfsb.ltx import LTXError, Pos, format_txid, parse_filename, parse_txid, verify
-from lfsb.storage import FileInfo, S3Store
+from lfsb.storage import FileInfo
+from lfsb.storage.s3 import S3Store
 from lfsb.store.db import from_sql
 from tests.faultproxy import FaultProxy
 from tests.lfsb_server import Client, ServerExited, ServerProcess, check_sqlite, free_port

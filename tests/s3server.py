@@ -30,7 +30,8 @@ from typing import Self
 import botocore.session
 import pytest
 
-from lfsb.storage import LocalStore, ObjectStore, S3Store
+from lfsb.storage import LocalStore, ObjectStore
+from lfsb.storage.s3 import S3Store
 
 
 def _free_port() -> int:

@@ -23,13 +23,13 @@ from lfsb.storage import (
     LocalStore,
     NotFound,
     ObjectStore,
-    S3Store,
     StorageError,
     local,
     object_key,
     parse_object_key,
 )
 from lfsb.storage import s3 as s3_module
+from lfsb.storage.s3 import S3Store
 from tests.s3server import S3Server, S3Settings, create_bucket
 
 MiB = 1024 * 1024

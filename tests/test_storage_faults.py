@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from lfsb.server.main import Server
-from lfsb.storage import FileInfo, S3Store
+from lfsb.storage import FileInfo
+from lfsb.storage.s3 import S3Store
 from tests.faultproxy import FaultProxy
 from tests.lfsb_server import Client, server_config
 from tests.litefs import LiteFSEmulator

@@ -13,7 +13,8 @@ from aiohttp import web
 from ..config import Config, load_config
 from ..errors import LfsbError
 from ..observability import flush_sentry, init_sentry
-from ..storage import LocalStore, ObjectStore, S3Store, StorageError
+from ..storage import LocalStore, ObjectStore, StorageError
+from ..storage.s3 import S3Store
 from ..store.compaction import Scheduler
 from ..store.recovery import recover
 from ..store.store import Store
