@@ -33,6 +33,9 @@ class LfsbError(Exception):
         self.message = message
         self.extra = extra
 
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled by the metadata writer process
+        return _restore, (self.kind, self.code, self.message, self.extra)
+
     @property
     def status(self) -> int:
         """The HTTP status for this error."""
@@ -43,6 +46,10 @@ class LfsbError(Exception):
         body: dict[str, Any] = {"code": self.code, "error": self.message}
         body.update(self.extra)
         return body
+
+
+def _restore(kind: Kind, code: str, message: str, extra: dict[str, Any]) -> LfsbError:
+    return LfsbError(kind, code, message, **extra)
 
 
 def pos_mismatch(pos: Pos) -> LfsbError:

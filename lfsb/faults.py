@@ -5,7 +5,7 @@
 dict lookup. The points, each just after the step it names:
 
 * ``ingest.placed``: an L0 file created at its place in ``l0/`` and its rows written, neither
-  synced nor committed yet (runs on the metadata writer thread).
+  synced nor committed yet (in the metadata writer process, whose death takes the server down).
 * ``ingest.committed``: a transaction (LiteFS's, a restore's or an import's) committed, not yet
   acknowledged.
 * ``compaction.l<N>.built``: a file of level N (a compaction level, 9 for snapshots) written to the

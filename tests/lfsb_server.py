@@ -24,6 +24,8 @@ from lfsb.cli import main
 from lfsb.config import Config, load_config
 from lfsb.ltx import HEADER_SIZE, Header, parse_filename
 from lfsb.server.main import Server
+from lfsb.storage import local
+from lfsb.storage.local import FileSystemSync
 from tests.litefs import LiteFSEmulator
 
 DB_ROUTES = [
@@ -246,13 +248,47 @@ async def export_rows(server: Server, dest: Path, *target: str) -> list[tuple[An
 async def age_files(server: Server, seconds: float) -> None:
     """Make every L0 and remote file in the index ``seconds`` older, as if that much time had passed;
     files written afterwards are new. Retention reads file ages from the index only."""
-    ms = int(seconds * 1000)
+    await server.store.meta.write(_age, int(seconds * 1000))
 
-    def _age(conn: sqlite3.Connection) -> None:
-        conn.execute("UPDATE l0_files SET created_at = created_at - ?", (ms,))
-        conn.execute("UPDATE remote_files SET created_at = created_at - ?", (ms,))
 
-    await server.store.meta.write(_age)
+def _age(conn: sqlite3.Connection, ms: int) -> None:
+    conn.execute("UPDATE l0_files SET created_at = created_at - ?", (ms,))
+    conn.execute("UPDATE remote_files SET created_at = created_at - ?", (ms,))
+
+
+async def in_writer(server: Server, fn: Callable[..., None], *args: object) -> None:
+    """Run ``fn(*args)`` in the server's metadata writer process (as a write that changes nothing): the
+    way to patch what runs there, such as file syncs and directory creation."""
+    await server.store.meta.write(_call, fn, args)
+
+
+def _call(conn: sqlite3.Connection, fn: Callable[..., None], args: tuple[object, ...]) -> None:
+    fn(*args)
+
+
+_REAL_FILE_SYNC = FileSystemSync.__call__
+
+
+def fail_file_syncs(err: int) -> None:
+    """(For :func:`in_writer`) Make every sync of new L0 files fail with errno ``err`` from now on; 0
+    makes them work again."""
+
+    def failing(self: FileSystemSync, paths: object) -> None:
+        raise OSError(err, os.strerror(err))
+
+    FileSystemSync.__call__ = failing if err else _REAL_FILE_SYNC  # type: ignore[method-assign]
+
+
+def record_fsync_dirs(log: Path) -> None:
+    """(For :func:`in_writer`) Append each directory fsynced from now on to the file ``log``, a line each."""
+    real = local.fsync_dir
+
+    def recording(path: Path) -> None:
+        with open(log, "a") as f:
+            f.write(f"{path}\n")
+        real(path)
+
+    local.fsync_dir = recording
 
 
 async def indexed_files(server: Server, name: str = "db") -> set[tuple[int, int, int]]:

@@ -25,7 +25,7 @@ from lfsb.server.main import Server
 from lfsb.storage import local
 from lfsb.store.records import Database, LTXFile
 from tests.campaign import FULL_KILLS, ROWS_AT_A_POINT, Campaign, l0_files, read_index, read_position
-from tests.lfsb_server import Client, ServerProcess, check_sqlite, free_port
+from tests.lfsb_server import Client, ServerProcess, check_sqlite, free_port, in_writer, record_fsync_dirs
 from tests.litefs import LiteFSEmulator
 from tests.s3server import S3Server, create_bucket
 
@@ -161,6 +161,8 @@ async def test_created_directories_are_fsynced_into_their_parents(
 
     monkeypatch.setattr(local, "fsync_dir", recording_fsync_dir)
     server = await start_server()
+    in_writer_log = tmp_path / "writer-fsync-dirs"
+    await in_writer(server, record_fsync_dirs, in_writer_log)  # L0 directories are made there
     async with LiteFSEmulator(tmp_path / "node", server.url) as node:
         node.execute("CREATE TABLE t (x)")
         await node.sync()
@@ -168,6 +170,7 @@ async def test_created_directories_are_fsynced_into_their_parents(
     data = tmp_path / "data"
     created = [p for p in data.rglob("*") if p.is_dir() and p != data / "tmp"]
     assert data / "l0" / "test" / "db" in created and data / "objects" / "test" / "db" / "1" in created
+    fsynced |= {Path(line) for line in in_writer_log.read_text().splitlines()}
     assert not {p.parent for p in [data, *created]} - fsynced
 
 

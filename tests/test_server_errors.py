@@ -31,6 +31,8 @@ from tests.lfsb_server import (
     Reply,
     ServerState,
     assert_unchanged,
+    fail_file_syncs,
+    in_writer,
     indexed_files,
     server_state,
     storage_env_for,
@@ -391,22 +393,16 @@ async def test_a_file_already_in_place_wins(
 
 
 async def test_a_failed_sync_refuses_the_write_and_removes_its_file(
-    server: Server, client: Client, seeded: tuple[Model, ServerState], monkeypatch: pytest.MonkeyPatch
+    server: Server, client: Client, seeded: tuple[Model, ServerState]
 ) -> None:
     """When the L0 files of a group commit cannot be made durable (here the disk is full), the write is
     refused (507), nothing is recorded and its file is gone; once the disk is fine, the same body goes in."""
     model, before = seeded
     body, after = incremental(model, {2: page(2, 3)})
-    l0_sync = server.store._l0_sync
-    assert l0_sync is not None
-
-    def full(paths: list[object]) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(l0_sync, "sync", full)
+    await in_writer(server, fail_file_syncs, errno.ENOSPC)
     error(await post_tx(client, body), 507, "ENOSPACE")
     await assert_unchanged(server, client, before)  # its L0 file included
-    monkeypatch.undo()
+    await in_writer(server, fail_file_syncs, 0)
     accepted(await post_tx(client, body))
     await assert_model(server, client, {"db": after})
 

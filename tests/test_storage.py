@@ -8,6 +8,7 @@ import ctypes
 import errno
 import logging
 import os
+import pickle
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -327,8 +328,9 @@ def test_write_new_never_replaces(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(local._syncfs is None, reason="no syncfs(2) here")
 def test_file_system_sync_is_one_syncfs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One syncfs(2) of the file system holding the root, whatever the number of files; a failure is an
-    OSError."""
+    """One syncfs(2) of the file system holding the root, whatever the number of files, through one
+    descriptor kept from call to call; a failure is an OSError. A pickled copy (what the metadata writer
+    process gets) syncs the same root through a descriptor of its own."""
     real = local._syncfs
     fds: list[int] = []
 
@@ -337,21 +339,22 @@ def test_file_system_sync_is_one_syncfs(tmp_path: Path, monkeypatch: pytest.Monk
         return real(fd)
 
     sync = local.FileSystemSync(tmp_path)
-    try:
-        monkeypatch.setattr(local, "_syncfs", recording)
-        sync.sync(new_files(tmp_path))
-        assert len(fds) == 1 and os.path.samefile(f"/proc/self/fd/{fds[0]}", tmp_path)
+    monkeypatch.setattr(local, "_syncfs", recording)
+    sync(new_files(tmp_path))
+    sync([tmp_path / "a" / "1.ltx"])
+    assert len(fds) == 2 and fds[0] == fds[1] and os.path.samefile(f"/proc/self/fd/{fds[0]}", tmp_path)
+    copy = pickle.loads(pickle.dumps(sync))
+    copy([tmp_path / "a" / "1.ltx"])
+    assert len(fds) == 3 and fds[2] != fds[0] and os.path.samefile(f"/proc/self/fd/{fds[2]}", tmp_path)
 
-        def failing(fd: int) -> int:
-            ctypes.set_errno(errno.EIO)
-            return -1
+    def failing(fd: int) -> int:
+        ctypes.set_errno(errno.EIO)
+        return -1
 
-        monkeypatch.setattr(local, "_syncfs", failing)
-        with pytest.raises(OSError, match="syncfs") as info:
-            sync.sync([tmp_path / "a" / "1.ltx"])
-        assert info.value.errno == errno.EIO
-    finally:
-        sync.close()
+    monkeypatch.setattr(local, "_syncfs", failing)
+    with pytest.raises(OSError, match="syncfs") as info:
+        sync([tmp_path / "a" / "1.ltx"])
+    assert info.value.errno == errno.EIO
 
 
 def test_file_system_sync_without_syncfs_fsyncs_each_file_and_directory(
@@ -367,11 +370,7 @@ def test_file_system_sync_without_syncfs_fsyncs_each_file_and_directory(
 
     monkeypatch.setattr(local, "_syncfs", None)
     monkeypatch.setattr(os, "fsync", recording)
-    sync = local.FileSystemSync(tmp_path)
-    try:
-        sync.sync(paths)
-    finally:
-        sync.close()
+    local.FileSystemSync(tmp_path)(paths)
     assert sorted(synced) == sorted([*paths, tmp_path / "a", tmp_path / "b"])
 
 

@@ -108,7 +108,7 @@ class Server:
 def settle_heap() -> None:
     """Freeze what startup built (modules, configuration, clients) out of the garbage collector's way and
     let it run less often. Requests allocate many short-lived objects that reference counting frees, and
-    every collection holds the GIL: it pauses the event loop and the metadata writer alike."""
+    every collection holds the GIL: it pauses the event loop."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

@@ -2,7 +2,8 @@
 
 Used when no bucket is configured, and in tests. Writes are atomic (temp file in the same directory, fsync,
 rename, fsync of the directory). All file I/O runs in worker threads, copying in 1 MiB chunks. Also the home
-of the helpers that make files durable (:func:`fsync_dir`, :func:`make_dirs`, :class:`FileSystemSync`).
+of the helpers that create, make durable and remove local files (:func:`write_new`, :func:`fsync_dir`,
+:func:`make_dirs`, :class:`FileSystemSync`, :func:`remove_file`).
 """
 
 from __future__ import annotations
@@ -75,16 +76,24 @@ class FileSystemSync:
 
     On Linux: one ``syncfs(2)`` of the file system holding ``root``, so a batch costs one cache flush
     instead of two per file (the file and its directory). It also writes out whatever else is dirty on
-    that file system. The descriptor stays open, so each call reports every writeback error on the file
-    system since the previous call. Elsewhere: an fsync of each file and of each directory holding one.
+    that file system. The descriptor of ``root`` is opened at the first call and kept, so each call
+    reports every writeback error on the file system that nobody has seen yet. Elsewhere: an fsync of
+    each file and of each directory holding one. It pickles as its root (the metadata writer process
+    gets one of its own).
     """
 
     def __init__(self, root: Path) -> None:
-        self._fd = os.open(root, os.O_RDONLY | os.O_CLOEXEC)
+        self._root = root
+        self._fd: int | None = None
 
-    def sync(self, paths: Collection[Path]) -> None:
+    def __reduce__(self) -> tuple[type[FileSystemSync], tuple[Path]]:
+        return FileSystemSync, (self._root,)
+
+    def __call__(self, paths: Collection[Path]) -> None:
         """Make ``paths`` (files below ``root``) and their directory entries durable (blocking)."""
         if _syncfs is not None:
+            if self._fd is None:
+                self._fd = os.open(self._root, os.O_RDONLY | os.O_CLOEXEC)
             if _syncfs(self._fd) != 0:
                 err = ctypes.get_errno()
                 raise OSError(err, f"syncfs: {os.strerror(err)}")
@@ -98,9 +107,12 @@ class FileSystemSync:
         for directory in {path.parent for path in paths}:
             fsync_dir(directory)
 
-    def close(self) -> None:
-        """Close the descriptor of ``root``."""
-        os.close(self._fd)
+
+def remove_file(path: Path) -> None:
+    """Remove a file if it is there, and its directory if that leaves it empty."""
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty
+        path.parent.rmdir()
 
 
 def make_dirs(path: Path) -> None:

@@ -1,17 +1,17 @@
 """Ingestion (WriteTx): verify an incoming LTX file, check that it follows on, record it as L0.
 
-Three steps. :func:`inspect` decodes and verifies the file before any lock is taken (small bodies in
-memory, larger files on a worker thread). On the metadata writer thread, :func:`place` creates the file
-at its L0 path, never over another one, and :func:`record` checks the file against the current position
-and page checksums (upstream §3.4 semantics) and records it. The writer makes the placed files of a whole
-batch durable at once, then commits: the commit is what makes a placed file part of the database. A file
-without a row (its request failed, or the server crashed first) is removed by its request or at the next
-start.
+Three steps, all three in the metadata writer process for a small body; a larger one is decoded and
+verified by :func:`inspect` on a worker thread of the server before any lock is taken. In the writer,
+:func:`append` runs the other two: :func:`place` creates the file at its L0 path, never over another
+one, and :func:`record` checks the file against the current position and page checksums (upstream §3.4
+semantics) and records it. The writer makes the placed files of a whole group durable at once, then
+commits: the commit is what makes a placed file part of the database. A file without a row (its write
+failed, or the server crashed first) is removed by the writer or at the next start.
 """
 
 from __future__ import annotations
 
-import contextlib
+import io
 import os
 import sqlite3
 from array import array
@@ -34,8 +34,8 @@ from ..ltx import (
     frame_checksum,
     timestamp_to_datetime,
 )
-from ..storage.local import make_dirs, write_new
-from .db import from_sql, to_sql
+from ..storage.local import make_dirs, remove_file, write_new
+from .db import WriteConnection, from_sql, now_ms, to_sql
 from .records import DATABASE_COLUMNS, Database
 
 MAX_TXID = (1 << 63) - 1
@@ -52,6 +52,12 @@ class Incoming:
     size: int
 
 
+def _check_header(header: Header) -> None:
+    if header.max_txid > MAX_TXID:
+        raise bad_ltx(f"transaction id out of range: {header.max_txid}")
+    timestamp_to_datetime(header.timestamp)  # LTXError outside years 1-9999 (unstorable)
+
+
 def inspect(f: BinaryIO, size: int) -> Incoming:
     """Decode and verify the LTX file of ``size`` bytes that ``f`` reads.
 
@@ -63,9 +69,7 @@ def inspect(f: BinaryIO, size: int) -> Incoming:
     try:
         dec = Decoder(f)
         header = dec.read_header()
-        if header.max_txid > MAX_TXID:
-            raise bad_ltx(f"transaction id out of range: {header.max_txid}")
-        timestamp_to_datetime(header.timestamp)  # LTXError outside years 1-9999 (unstorable)
+        _check_header(header)
         lock, commit, prev = header.lock_pgno, header.commit, 0
         for pgno, frame in dec.pages():
             if pgno <= prev:
@@ -104,8 +108,8 @@ def find_database(conn: sqlite3.Connection, cluster: str, name: str) -> Database
 
 
 ROWS_PER_STATEMENT = 250
-"""Page rows read or written by one SQL statement. The writer thread gives up the GIL for every step of
-a statement, and getting it back from a busy event loop costs more than the step: few steps, few waits."""
+"""Page rows read or written by one SQL statement: few statements per write (each costs a trip through the
+sqlite3 module), and none that returns an unbounded value."""
 
 
 def _old_checksums(conn: sqlite3.Connection, db_id: int, pgnos: list[int]) -> dict[int, int]:
@@ -166,17 +170,10 @@ def place(dest: Path, body: bytes | Path) -> bool:
             make_dirs(dest.parent)  # the database's first file
 
 
-def unplace(dest: Path) -> None:
-    """Remove a placed L0 file that was not recorded, and its directory if that leaves it empty."""
-    dest.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # not empty
-        dest.parent.rmdir()
-
-
 def record(
     conn: sqlite3.Connection, cluster: str, name: str, inc: Incoming, placed: bool, now: int
 ) -> Database:
-    """Check ``inc`` against the current state and record it as L0 (writer thread, one transaction).
+    """Check ``inc`` against the current state and record it as L0 (metadata writer, one transaction).
 
     ``placed`` tells whether :func:`place` created the file; if it found one there, the request
     that holds those transactions wins and this one gets 409 ``EPOSMISMATCH``.
@@ -255,3 +252,24 @@ def record(
     crash_point("ingest.placed")
     hwm = db.hwm if db else 0
     return Database(db_id, cluster, name, h.page_size, new_commit, h.max_txid, checksum, h.timestamp, hwm)
+
+
+def append(
+    conn: WriteConnection, l0_root: Path, cluster: str, name: str, body: bytes | Path, inc: Incoming | None
+) -> tuple[Database, Header]:
+    """Place the L0 file of ``body`` and record it (a metadata write: the writer syncs the file with its
+    group, before the commit); the file is removed again if it is not recorded. ``inc`` is the verified
+    file, or None to verify ``body`` (bytes) here first. Returns the database after it, and the header."""
+    if inc is None:
+        assert isinstance(body, bytes)
+        inc = inspect(io.BytesIO(body), len(body))
+    dest = l0_path(l0_root, cluster, name, inc.header.filename)
+    placed = place(dest, body)
+    try:
+        db = record(conn, cluster, name, inc, placed, now_ms())
+    except BaseException:
+        if placed:
+            remove_file(dest)
+        raise
+    conn.created(dest)
+    return db, inc.header

@@ -18,11 +18,12 @@ import sqlite3
 from ..faults import crash_point
 from ..ltx import Decoder, frame_checksum
 from ..storage import FileInfo
-from .db import now_ms, to_sql
+from .db import now_ms
 from .ingest import find_database
 from .plan import snapshot_plan
 from .records import DATABASE_COLUMNS, Database, LTXFile
-from .store import Store, compact_files, index_files
+from .store import Store, compact_files
+from .writes import replace_database, update_index
 
 log = logging.getLogger(__name__)
 
@@ -83,32 +84,10 @@ async def _rebuild(store: Store, cluster: str, name: str, infos: list[FileInfo])
     finally:
         snapshot.unlink(missing_ok=True)
 
-    def _replace(conn: sqlite3.Connection) -> None:
-        conn.execute("DELETE FROM databases WHERE cluster = ? AND name = ?", (cluster, name))
-        db_id = conn.execute(
-            'INSERT INTO databases (cluster, name, page_size, "commit", txid, checksum, timestamp, hwm)'
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                cluster,
-                name,
-                page_size,
-                last.commit,
-                last.max_txid,
-                to_sql(last.post_apply_checksum),
-                last.timestamp,
-                last.max_txid,
-            ),
-        ).lastrowid
-        conn.executemany(
-            "INSERT INTO pages (db_id, pgno, checksum) VALUES (?, ?, ?)",
-            [(db_id, pgno, to_sql(c)) for pgno, c in pages],
-        )
-        index_files(conn, db_id, page_size, files)
-
     # Commit first: a crash before the L0 files are gone leaves unreferenced files (removed at the
     # next start), never rows that refer to deleted files.
     async with store.locks(cluster, name).files:
-        await store.meta.write(_replace)
+        await store.meta.write(replace_database, cluster, name, page_size, last, pages, files)
         crash_point("recovery.rebuilt")
         await asyncio.to_thread(shutil.rmtree, store.l0_dir / cluster / name, True)
     log.info(
@@ -130,18 +109,8 @@ async def _reconcile(store: Store, db: Database, infos: list[FileInfo]) -> None:
         return
     added = await _describe(store, missing)
 
-    def _update(conn: sqlite3.Connection) -> None:
-        index_files(conn, db.id, db.page_size, added)
-        conn.executemany(
-            "DELETE FROM remote_files WHERE db_id = ? AND level = ? AND min_txid = ? AND max_txid = ?",
-            [(db.id, *key) for key in gone],
-        )
-        if added:
-            top = max(f.max_txid for f in added if f.level == 1) if any(f.level == 1 for f in added) else 0
-            conn.execute("UPDATE databases SET hwm = MAX(hwm, ?) WHERE id = ?", (min(top, db.txid), db.id))
-
     crash_point("recovery.reconcile")
-    await store.meta.write(_update)
+    await store.meta.write(update_index, db, added, gone)
     log.info(
         "index reconciled with storage cluster=%s database=%s added=%d dropped=%d",
         db.cluster,

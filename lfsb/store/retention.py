@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import itertools
 import logging
-import sqlite3
 from collections.abc import Mapping
 
 from ..faults import crash_point
-from .db import now_ms
+from .db import executemany, now_ms
 from .levels import SNAPSHOT_LEVEL
 from .plan import file_cost, needed_files
 from .records import L0, Database, LTXFile
@@ -68,15 +67,11 @@ async def enforce_retention(store: Store, db: Database, retention: Mapping[int, 
     remote = [f for f in doomed if f.level != L0]
     if remote:
         async with store.locks(db.cluster, db.name).files:
-
-            def _forget(conn: sqlite3.Connection) -> None:
-                conn.executemany(
-                    "DELETE FROM remote_files"
-                    " WHERE db_id = ? AND level = ? AND min_txid = ? AND max_txid = ?",
-                    [(db.id, *f.key) for f in remote],
-                )
-
-            await store.meta.write(_forget)
+            await store.meta.write(
+                executemany,
+                "DELETE FROM remote_files WHERE db_id = ? AND level = ? AND min_txid = ? AND max_txid = ?",
+                [(db.id, *f.key) for f in remote],
+            )
         crash_point("retention.unindexed")
         await store.objects.delete([store.remote_info(db, f) for f in remote])
     log.info(

@@ -24,8 +24,8 @@ from ..ltx import Header, Pos, Trailer, compact, parse_filename
 from ..observability import CountingObjectStore, Metrics
 from ..storage import FileInfo, NotFound, ObjectStore
 from ..storage.local import FileSystemSync, make_dirs
-from .db import MetaDB, from_sql, now_ms, to_sql
-from .ingest import Incoming, find_database, inspect, inspect_file, l0_path, place, record, unplace
+from .db import MetaDB, execute, executemany, from_sql
+from .ingest import Incoming, append, find_database, inspect, inspect_file, l0_path
 from .plan import snapshot_plan
 from .records import (
     L0,
@@ -36,6 +36,7 @@ from .records import (
     l0_from_row,
     remote_from_row,
 )
+from .writes import index_upload, pin_cluster_id, unpin_cluster_id
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ MAX_COMPACT_INPUTS = 256
 DOWNLOAD_CONCURRENCY = 8
 PLAN_ATTEMPTS = 3
 INLINE_INSPECT_BYTES = 64 * 1024
-"""Bodies up to this size are verified on the event loop (well under a millisecond), larger ones on a
-worker thread."""
+"""Bodies up to this size are verified by the metadata writer (well under a millisecond), larger ones on a
+worker thread here, so that none holds up a group commit for long."""
 
 
 @dataclass
@@ -67,30 +68,6 @@ def list_files(conn: sqlite3.Connection, db_id: int) -> list[LTXFile]:
         for r in conn.execute(f"SELECT {REMOTE_COLUMNS} FROM remote_files WHERE db_id = ?", (db_id,))
     ]
     return files
-
-
-def index_files(conn: sqlite3.Connection, db_id: int, page_size: int, files: list[LTXFile]) -> None:
-    """Add files in object storage to the index of a database (replacing entries of the same range)."""
-    conn.executemany(
-        f"INSERT OR REPLACE INTO remote_files (db_id, {REMOTE_COLUMNS}, page_size)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (
-                db_id,
-                f.level,
-                f.min_txid,
-                f.max_txid,
-                f.commit,
-                f.timestamp,
-                to_sql(f.pre_apply_checksum),
-                to_sql(f.post_apply_checksum),
-                f.size,
-                f.created_at,
-                page_size,
-            )
-            for f in files
-        ],
-    )
 
 
 def compact_files(
@@ -117,8 +94,7 @@ class Store:
         self.data_path = config.data_path
         self.tmp_dir = self.data_path / "tmp"
         self.l0_dir = self.data_path / "l0"
-        self._l0_sync: FileSystemSync | None = None
-        self.meta = MetaDB(self.data_path / "server.db", sync_files=self._sync_l0)
+        self.meta = MetaDB(self.data_path / "server.db", sync_files=FileSystemSync(self.l0_dir))
         self._locks: defaultdict[tuple[str, str], _DatabaseLocks] = defaultdict(_DatabaseLocks)
         self._cluster_ids: dict[str, str] = {}
 
@@ -131,7 +107,6 @@ class Store:
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
             self.tmp_dir.mkdir()
             make_dirs(self.l0_dir)
-            self._l0_sync = FileSystemSync(self.l0_dir)
 
         await asyncio.to_thread(_prepare)
         await self.meta.open()
@@ -141,13 +116,6 @@ class Store:
     async def close(self) -> None:
         """Finish the writes under way and close the metadata db."""
         await self.meta.close()
-        if self._l0_sync is not None:
-            self._l0_sync.close()
-            self._l0_sync = None
-
-    def _sync_l0(self, paths: list[Path]) -> None:
-        assert self._l0_sync is not None, "store not open"
-        self._l0_sync.sync(paths)
 
     def temp_path(self, prefix: str) -> Path:
         """A fresh path in the temp directory (removed at every start)."""
@@ -192,20 +160,10 @@ class Store:
         """Pin the first cluster ID seen for ``cluster``; another ID is a 422 ``ECLUSTERID``."""
         pinned = self._cluster_ids.get(cluster)
         if pinned is None:
-
-            def _pin(conn: sqlite3.Connection) -> str:
-                row = conn.execute("SELECT cluster_id FROM clusters WHERE name = ?", (cluster,)).fetchone()
-                if row and row[0]:
-                    return row[0]
-                conn.execute(
-                    "INSERT INTO clusters (name, cluster_id) VALUES (?, ?)"
-                    " ON CONFLICT (name) DO UPDATE SET cluster_id = excluded.cluster_id",
-                    (cluster, cluster_id),
-                )
+            pinned, new = await self.meta.write(pin_cluster_id, cluster, cluster_id)
+            self._cluster_ids[cluster] = pinned
+            if new:
                 log.info("cluster id pinned cluster=%s cluster_id=%s", cluster, cluster_id)
-                return cluster_id
-
-            pinned = self._cluster_ids[cluster] = await self.meta.write(_pin)
         if pinned != cluster_id:
             raise LfsbError(
                 Kind.UNPROCESSABLE,
@@ -216,13 +174,7 @@ class Store:
 
     async def reset_cluster_id(self, cluster: str) -> str | None:
         """Forget the pinned cluster ID; returns the ID that was pinned."""
-
-        def _reset(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute("SELECT cluster_id FROM clusters WHERE name = ?", (cluster,)).fetchone()
-            conn.execute("UPDATE clusters SET cluster_id = NULL WHERE name = ?", (cluster,))
-            return row[0] if row else None
-
-        previous = await self.meta.write(_reset)
+        previous = await self.meta.write(unpin_cluster_id, cluster)
         self._cluster_ids.pop(cluster, None)
         return previous
 
@@ -250,25 +202,28 @@ class Store:
     async def write_tx(self, cluster: str, name: str, body: bytes | Path) -> Database:
         """Verify an LTX file and append it to the database.
 
-        ``body`` is the file's bytes (small ones are verified on the event loop) or the path of an
+        ``body`` is the file's bytes (small ones are verified by the metadata writer) or the path of an
         fsynced file in the data directory, which is linked into L0.
         """
+        inc: Incoming | None = None
         if isinstance(body, Path):
             inc = await asyncio.to_thread(inspect_file, body)
-        elif len(body) <= INLINE_INSPECT_BYTES:
-            inc = inspect(io.BytesIO(body), len(body))
+            size = inc.size
         else:
-            inc = await asyncio.to_thread(inspect, io.BytesIO(body), len(body))
-        # Shielded: a cancelled request still removes the file it placed, or records it (and its
-        # outcome counts as retrieved, so a failure after a cancellation is not logged as lost).
-        append = asyncio.ensure_future(self._append(cluster, name, inc, body))
+            size = len(body)
+            if size > INLINE_INSPECT_BYTES:
+                inc = await asyncio.to_thread(inspect, io.BytesIO(body), size)
+        # Shielded: the database's files lock is held until the writer has recorded the file or
+        # removed it, even when the caller goes away (and the outcome counts as retrieved, so a failure
+        # after a cancellation is not logged as lost).
+        append = asyncio.ensure_future(self._append(cluster, name, body, inc))
         append.add_done_callback(lambda t: t.cancelled() or t.exception())
-        db = await asyncio.shield(append)
+        db, header = await asyncio.shield(append)
         crash_point("ingest.committed")
-        self.metrics.tx_total.labels(cluster).inc(inc.header.max_txid - inc.header.min_txid + 1)
+        self.metrics.tx_total.labels(cluster).inc(header.max_txid - header.min_txid + 1)
         self.metrics.tx_files.labels(cluster).inc()
-        self.metrics.tx_bytes.labels(cluster).inc(inc.size)
-        if inc.header.is_snapshot:
+        self.metrics.tx_bytes.labels(cluster).inc(size)
+        if header.is_snapshot:
             log.info(
                 "database created cluster=%s database=%s txid=%d size=%d",
                 cluster,
@@ -278,24 +233,16 @@ class Store:
             )
         return db
 
-    async def _append(self, cluster: str, name: str, inc: Incoming, body: bytes | Path) -> Database:
-        """Place the L0 file of ``inc`` and record it, both on the writer thread (which syncs the file with
-        its batch, before the commit); the file is removed again if it is not recorded."""
-        dest = l0_path(self.l0_dir, cluster, name, inc.header.filename)
-        placed = False
-
-        def _place_and_record(conn: sqlite3.Connection) -> Database:
-            nonlocal placed
-            placed = place(dest, body)
-            return record(conn, cluster, name, inc, placed, now_ms())
-
+    async def _append(
+        self, cluster: str, name: str, body: bytes | Path, inc: Incoming | None
+    ) -> tuple[Database, Header]:
+        """Place the L0 file of ``body`` and record it, in the writer process (which syncs the file with
+        its group, before the commit, and removes it if it is not recorded)."""
         async with self.locks(cluster, name).files:  # deletes remove the whole directory
             try:
-                return await self.meta.write(_place_and_record, new_files=[dest])
-            except Exception as e:  # not a cancellation: the writer may still record the file
-                if placed:
-                    unplace(dest)
-                if isinstance(e, LfsbError) and e.code == "EPOSMISMATCH":
+                return await self.meta.write(append, self.l0_dir, cluster, name, body, inc)
+            except LfsbError as e:
+                if e.code == "EPOSMISMATCH":
                     self.metrics.pos_mismatches.labels(cluster).inc()
                 raise
 
@@ -362,16 +309,7 @@ class Store:
 
     async def record_upload(self, db: Database, f: LTXFile, raise_hwm: bool) -> bool:
         """Add an uploaded file to the index (and raise the HWM); False if the database is gone."""
-
-        def _record(conn: sqlite3.Connection) -> bool:
-            if not conn.execute("SELECT 1 FROM databases WHERE id = ?", (db.id,)).fetchone():
-                return False
-            index_files(conn, db.id, db.page_size, [f])
-            if raise_hwm:
-                conn.execute("UPDATE databases SET hwm = MAX(hwm, ?) WHERE id = ?", (f.max_txid, db.id))
-            return True
-
-        return await self.meta.write(_record)
+        return await self.meta.write(index_upload, db, f, raise_hwm)
 
     async def delete_database(self, cluster: str, name: str) -> None:
         """Remove a database: every object under its prefix (indexed or not), its L0 files, its rows."""
@@ -383,7 +321,7 @@ class Store:
                 infos += await self.objects.list_files(cluster, name, level)
             await self.objects.delete(infos)
             await asyncio.to_thread(shutil.rmtree, self.l0_dir / cluster / name, True)
-            await self.meta.write(lambda c: c.execute("DELETE FROM databases WHERE id = ?", (db.id,)))
+            await self.meta.write(execute, "DELETE FROM databases WHERE id = ?", (db.id,))
         log.info("database deleted cluster=%s database=%s files=%d", cluster, name, len(infos))
 
     async def remove_l0(self, db: Database, files: list[LTXFile]) -> None:
@@ -392,10 +330,9 @@ class Store:
             return
         async with self.locks(db.cluster, db.name).files:
             await self.meta.write(
-                lambda c: c.executemany(
-                    "DELETE FROM l0_files WHERE db_id = ? AND min_txid = ?",
-                    [(db.id, f.min_txid) for f in files],
-                )
+                executemany,
+                "DELETE FROM l0_files WHERE db_id = ? AND min_txid = ?",
+                [(db.id, f.min_txid) for f in files],
             )
             crash_point("retention.l0_unindexed")
 
