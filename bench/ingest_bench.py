@@ -1,11 +1,13 @@
 """Benchmark of ingestion: 50 LiteFS-like writers streaming small LTX files to a real lfsb server.
 
 Run ``python bench/ingest_bench.py`` (``--quick`` for fewer transactions; ``--profile FILE`` also writes
-a py-spy profile of the server's Python code under load: ``pip install py-spy``). The server runs as a
-subprocess, ``python -c 'from lfsb.server.main import main; main()'`` (the ``lfsb-server`` entry
-point, from this checkout), on a free loopback port with local-directory storage in a temp directory
-and compaction intervals so long that nothing is compacted during the run; its peak RSS is ``VmHWM``
-from ``/proc/<pid>/status``.
+a py-spy profile of the server's Python code under load, its metadata writer process included:
+``pip install py-spy``). The server runs as a subprocess, ``python -c 'from lfsb.server.main import
+main; main()'`` (the ``lfsb-server`` entry point, from this checkout), on a free loopback port with
+local-directory storage in a temp directory and compaction intervals so long that nothing is compacted
+during the run. Its CPU time and memory count all its processes (the one serving HTTP, the metadata
+writer, the process the writer forks from and multiprocessing's resource tracker); memory is the sum of
+their ``Pss`` (shared pages counted once), sampled every 0.25 s, and its peak is checked.
 
 Before any clock starts, the bench builds for each database a snapshot of ``--commit`` 4 KiB pages and
 ``2 x --transactions`` incremental LZ4 LTX files that each rewrite ``--pages`` pages, with pre/post-apply
@@ -26,19 +28,20 @@ The baseline inserts the same pages into one SQLite table from one thread, one S
 LTX file, with the server's durability settings (WAL, ``synchronous=FULL``), on the same filesystem.
 It runs before and after the server; the faster run counts (the machine may be shared). Targets are
 printed as PASS/FAIL: throughput >= 0.5x the baseline's pages/s, p99 ``POST /db/tx`` < 50 ms at that
-load (the paced phase), server peak RSS < 200 MiB. The exit status is 0 unless the run or a check fails.
+load (the paced phase), server memory < 200 MiB. The exit status is 0 unless the run or a check fails.
 
 The baseline needs one cache flush per transaction; the server needs two per group commit (one syncfs for
-the group's L0 files, one for the metadata commit), so it is bound by Python's work per request instead:
-the event loop and the metadata writer share one GIL. On ext4 without a journal, creating files stays slow
-for about a minute after many files were deleted nearby, as the bench's own clean-up does: leave a minute
-or two between runs.
+the group's L0 files, one for the metadata commit), so it is bound by Python's work per request instead,
+mostly the event loop's (the metadata writer has a process and a GIL of its own). On ext4 without a
+journal, creating files stays slow for about a minute after many files were deleted nearby, as the
+bench's own clean-up does: leave a minute or two between runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import io
 import json
@@ -222,18 +225,61 @@ def start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes]:
         str(output),
         "--threads",
         "--gil",
+        "--subprocesses",
     ]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def server_processes(pid: int) -> list[int]:
+    """The server's process and all its descendants (the metadata writer and the process it forks from)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rpartition(")")[2].split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        parents.setdefault(ppid, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += parents.get(tree[-1], [])
+    return tree
+
+
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User plus system CPU time the server's processes have used so far."""
+    total = 0
+    for p in server_processes(pid):
+        with contextlib.suppress(FileNotFoundError):
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def memory_mib(pid: int) -> float:
+    """The proportional set size (``Pss``) of the server's processes together, in MiB: a page they share
+    (the writer process forks from a server of preloaded modules) is counted once, not once each."""
+    total = 0
+    for p in server_processes(pid):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+async def watch_memory(pid: int, stop: asyncio.Event) -> float:
+    """The peak of :func:`memory_mib` over samples every 0.25 s until ``stop``."""
+    peak = 0.0
+    while not stop.is_set():
+        peak = max(peak, memory_mib(pid))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.25)
+    return peak
 
 
 def peak_rss_mib(pid: int) -> float:
-    """``VmHWM`` of a running process, in MiB."""
+    """``VmHWM`` of one process, in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
@@ -382,11 +428,14 @@ async def run_phase(
 
 async def run_load(
     port: int, wl: Workload, proc: subprocess.Popen[bytes], paced_rate: float, profile: Path | None
-) -> list[Phase]:
-    """Snapshots, then the throughput and latency phases; checks every database's final position."""
+) -> tuple[list[Phase], float]:
+    """Snapshots, then the throughput and latency phases; checks every database's final position.
+    Returns the phases and the server's peak memory (:func:`watch_memory`)."""
     half = len(wl.databases[0].bodies) // 2
     await wait_ready(port, proc)
     conns = [Connection(port) for _ in range(len(wl.databases) + 1)]
+    stop_watch = asyncio.Event()
+    watch = asyncio.create_task(watch_memory(proc.pid, stop_watch))
     try:
         await asyncio.gather(
             *(post(c, db.name, db.snapshot) for c, db in zip(conns[:-1], wl.databases, strict=True))
@@ -402,10 +451,12 @@ async def run_load(
         positions = await get_pos(conns[-1])
     finally:
         await asyncio.gather(*(c.close() for c in conns))
+        stop_watch.set()
+        memory = await watch
     wrong = [db.name for db in wl.databases if positions.get(db.name) != db.pos]
     if wrong:
         raise RuntimeError(f"databases not at their expected position: {wrong[:5]}")
-    return phases
+    return phases, memory
 
 
 # -- report -------------------------------------------------------------------------------------------------
@@ -462,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         proc = start_server(work / "data", port, work / "server.log")
         try:
-            phases = asyncio.run(run_load(port, wl, proc, offered, args.profile))
+            phases, memory = asyncio.run(run_load(port, wl, proc, offered, args.profile))
+            processes = len(server_processes(proc.pid))
             rss = peak_rss_mib(proc.pid)
         finally:
             proc.terminate()
@@ -484,7 +536,10 @@ def main(argv: list[str] | None = None) -> int:
     throughput, latency = phases
     report(throughput)
     report(latency)
-    print(f"server peak RSS {rss:.1f} MiB")
+    print(
+        f"server memory {memory:.1f} MiB at its peak (Pss of its {processes} processes together, sampled"
+        f" every 0.25 s); peak RSS of the process serving HTTP {rss:.1f} MiB"
+    )
     ratio = throughput.pages / throughput.seconds / (pages / base_seconds)
     p99 = ms(latency.post_latencies, 99)
     paced = f"{latency.transactions / latency.seconds:.0f} tx/s ({offered:.0f} offered)"
@@ -492,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio >= THROUGHPUT_RATIO_TARGET, f"throughput {ratio:.2f}x the baseline's pages/s (target >= 0.5x)"
     )
     verdict(p99 < POST_P99_TARGET_MS, f"POST /db/tx p99 {p99:.1f} ms at {paced} (target < 50 ms)")
-    verdict(rss < RSS_TARGET_MIB, f"server peak RSS {rss:.1f} MiB (target < {RSS_TARGET_MIB} MiB)")
+    verdict(memory < RSS_TARGET_MIB, f"server memory {memory:.1f} MiB (target < {RSS_TARGET_MIB} MiB)")
     return 0
 
 
