@@ -73,7 +73,7 @@ async def grouped(meta: MetaDB, writes: list[Awaitable[Any]]) -> list[Any]:
     finally:
         blocker.execute("COMMIT")
         blocker.close()
-    await first
+    await asyncio.gather(first, return_exceptions=True)  # (its own group, unless the machine is very slow)
     return await asyncio.gather(*tasks, return_exceptions=True)
 
 
