@@ -52,12 +52,6 @@ class Incoming:
     size: int
 
 
-def _check_header(header: Header) -> None:
-    if header.max_txid > MAX_TXID:
-        raise bad_ltx(f"transaction id out of range: {header.max_txid}")
-    timestamp_to_datetime(header.timestamp)  # LTXError outside years 1-9999 (unstorable)
-
-
 def inspect(f: BinaryIO, size: int) -> Incoming:
     """Decode and verify the LTX file of ``size`` bytes that ``f`` reads.
 
@@ -69,7 +63,9 @@ def inspect(f: BinaryIO, size: int) -> Incoming:
     try:
         dec = Decoder(f)
         header = dec.read_header()
-        _check_header(header)
+        if header.max_txid > MAX_TXID:
+            raise bad_ltx(f"transaction id out of range: {header.max_txid}")
+        timestamp_to_datetime(header.timestamp)  # LTXError outside years 1-9999 (unstorable)
         lock, commit, prev = header.lock_pgno, header.commit, 0
         for pgno, frame in dec.pages():
             if pgno <= prev:
