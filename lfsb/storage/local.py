@@ -44,13 +44,17 @@ _META_SUFFIX = ".meta.json"
 T = TypeVar("T")
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename, unlink or new entry in the directory ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename, unlink or new entry in the directory ``path`` durable."""
+    _fsync(path)
 
 
 def write_new(path: Path, data: bytes) -> None:
@@ -99,11 +103,7 @@ class FileSystemSync:
                 raise OSError(err, f"syncfs: {os.strerror(err)}")
             return
         for path in paths:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync(path)
         for directory in {path.parent for path in paths}:
             fsync_dir(directory)
 
