@@ -1,15 +1,14 @@
-"""Shared pytest fixtures: the golden LTX fixtures of ../shared and the S3 server (tests/s3server.py)."""
+"""Shared pytest fixtures: the golden LTX fixtures (tests/fixtures/ltx) and the S3 server (tests/s3server.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("LFSB_LTX_FIXTURES", REPO.parent / "shared" / "fixtures" / "ltx"))
+FIXTURES = REPO / "tests" / "fixtures" / "ltx"
 
 pytest_plugins = ["tests.s3server", "tests.lfsb_server"]
 
