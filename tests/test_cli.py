@@ -162,7 +162,7 @@ async def test_restore(server: Server, node: LiteFSEmulator) -> None:
     target = points[1]
     txid = int(target["maxTxId"], 16)
 
-    result = await lfsb(server, "restore", "db", "--txid", target["maxTxId"], "--check")
+    result = await lfsb(server, "restore", "db", "--txid", f"{txid:x}", "--check")  # short form, full output
     assert result.exit_code == 0
     assert result.stdout.splitlines() == [
         "db restore check",
@@ -311,8 +311,16 @@ async def test_cluster_reset_id(server: Server, node: LiteFSEmulator, tmp_path: 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["restore", "db", "--txid", "xyz"], 'invalid formatted transaction id length: "xyz"'),
-        (["export", "db", "--txid", "000000000000000g"], 'invalid transaction id format: "000000000000000g"'),
+        (["restore", "db", "--txid", "xyz"], "invalid transaction id 'xyz': expected 1 to 16 hex digits"),
+        (
+            ["export", "db", "--txid", "000000000000000g"],
+            "invalid transaction id '000000000000000g': expected 1 to 16 hex digits",
+        ),
+        (
+            ["export", "db", "--txid", "10000000000000000"],
+            "invalid transaction id '10000000000000000': expected 1 to 16 hex digits",
+        ),
+        (["restore", "db", "--txid", ""], "invalid transaction id '': expected 1 to 16 hex digits"),
         (
             ["restore", "db", "--timestamp", "2024-06-08T12:22:39"],
             "expected RFC 3339 with a zone, e.g. 2024-06-08T12:22:39Z",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
 import sqlite3
 import sys
 import tempfile
@@ -15,9 +16,11 @@ from typing import Any, TypeVar
 import click
 
 from ..client import DEFAULT_ENDPOINT, APIError, Client
-from ..ltx import LTXError, format_txid, parse_timestamp, parse_txid
+from ..ltx import LTXError, format_txid, parse_timestamp
 from .ltx import error_message
 from .output import print_fields, print_json, print_table
+
+_SHORT_TXID = re.compile(r"[0-9A-Fa-f]{1,16}")
 
 T = TypeVar("T")
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
@@ -64,12 +67,19 @@ def check_target(txid: str | None, timestamp: str | None, required: bool) -> Non
     if required and not txid and not timestamp:
         raise click.UsageError("must specify one of --txid and --timestamp")
     try:
-        if txid:
-            parse_txid(txid)
         if timestamp:
             parse_timestamp(timestamp)
     except LTXError as e:
         raise click.BadParameter(str(e)) from None
+
+
+def _full_txid(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--txid`` as 1 to 16 hex digits (``5c`` is ``000000000000005c``), returned as all 16 of them."""
+    if value is None:
+        return None
+    if not _SHORT_TXID.fullmatch(value):
+        raise click.BadParameter(f"invalid transaction id {value!r}: expected 1 to 16 hex digits")
+    return format_txid(int(value, 16))
 
 
 def target_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -78,7 +88,9 @@ def target_options(f: Callable[..., Any]) -> Callable[..., Any]:
         "--timestamp",
         help="A time with a zone, e.g. 2024-06-08T12:22:39Z (the latest point at or before it).",
     )(f)
-    return click.option("--txid", help="A transaction ID, 16 hex digits.")(f)
+    return click.option(
+        "--txid", callback=_full_txid, help="A transaction ID, 1 to 16 hex digits (5c is 000000000000005c)."
+    )(f)
 
 
 def _progress(label: str) -> Callable[[int | None], Callable[[int], None]]:
