@@ -612,10 +612,7 @@ TARGET_ERRORS = [
 ]
 
 
-MISSING_TARGET = [
-    ("", "'txid' or 'timestamp' required"),
-    ("txid=0000000000000000", "'txid' or 'timestamp' required"),
-]
+MISSING_TARGET = [("", "'txid' or 'timestamp' required")]
 
 
 @pytest.mark.parametrize(
@@ -632,6 +629,19 @@ async def test_target_validation(
         for query, message in cases:
             reply = await client.fetch(method, f"{route}?db={name}&{query}")
             error(reply, 400, "EBADINPUT", message)
+    await assert_unchanged(server, client, seeded[1])
+
+
+async def test_txid_zero_is_the_current_state(
+    server: Server, client: Client, seeded: tuple[Model, ServerState]
+) -> None:
+    """``txid=0000000000000000`` names the current state on every route that takes a point."""
+    current = (await client.fetch("GET", "/pos")).data["db"]["TXID"]
+    check = await client.fetch("GET", "/db/restore/check?db=db&txid=0000000000000000")
+    assert (check.status, check.data["txID"]) == (200, current)
+    zero = await client.fetch("GET", "/db/snapshot?db=db&txid=0000000000000000")
+    now = await client.fetch("GET", "/db/snapshot?db=db")
+    assert zero.status == now.status == 200 and zero.body == now.body
     await assert_unchanged(server, client, seeded[1])
 
 

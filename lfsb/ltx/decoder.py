@@ -48,6 +48,7 @@ class Decoder:
         self._snapshot_checksum = EMPTY_DB_CHECKSUM
         self._lock_pgno = 0
         self._is_snapshot = False
+        self._surplus = False  # bytes past the trailer already read from the input
 
     # -- header ---------------------------------------------------------------------------------
     def read_header(self) -> Header:
@@ -182,8 +183,11 @@ class Decoder:
                 self._crc = crc64_update(self._buf[self._hashed : self._pos], self._crc)
                 self._hashed = self._pos
             rest = bytes(self._buf[self._pos : self._pos + TRAILER_SIZE])
-            if len(rest) < TRAILER_SIZE and self._next is not None:
-                rest += self._next[: TRAILER_SIZE - len(rest)]
+            self._surplus = len(self._buf) - self._pos > TRAILER_SIZE
+            if self._next is not None:
+                taken = TRAILER_SIZE - len(rest)
+                rest += self._next[:taken]
+                self._surplus = self._surplus or len(self._next) > taken
             if len(rest) < TRAILER_SIZE:
                 try:
                     rest += read_exact(self._f, TRAILER_SIZE - len(rest))
@@ -202,6 +206,11 @@ class Decoder:
         except LTXError as e:
             raise e.at("close reader") from None
         return trailer
+
+    def at_end(self) -> bool:
+        """After :meth:`close`: whether the input ends with the trailer. The reference decoder never
+        looks past the trailer (``ltx verify`` accepts such a file); the server refuses the extra bytes."""
+        return not self._surplus and not self._f.read(1)
 
 
 def verify(f: BinaryIO) -> tuple[Header, Trailer, list[int]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import sentry_sdk
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from ..errors import Kind, LfsbError, bad_input, internal
 from ..ltx import LTXError, decode_database, format_timestamp, format_txid, parse_timestamp, parse_txid
@@ -139,6 +139,53 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return resp
 
 
+def too_large(limit: int) -> LfsbError:
+    """413 ``ETOOLARGE`` for a body over ``LFSB_MAX_TX_BYTES``."""
+    return LfsbError(Kind.TOO_LARGE, "ETOOLARGE", f"request body larger than {limit} bytes")
+
+
+def check_request(request: web.Request) -> None:
+    """Refuse, from the request line and headers alone, what no route accepts: an encoded body (aiohttp
+    would inflate it, so the size limit would no longer bound what reaches the disk), a repeated query
+    parameter or ``Authorization`` header (which one counts would be a guess), and a declared body
+    over the size limit."""
+    if hdrs.CONTENT_ENCODING in request.headers:
+        raise LfsbError(
+            Kind.UNSUPPORTED_MEDIA_TYPE,
+            "EBADENCODING",
+            "request Content-Encoding is not supported: send the body unencoded",
+        )
+    if len(request.headers.getall(hdrs.AUTHORIZATION, ())) > 1:
+        raise bad_input("more than one Authorization header")
+    if repeated := sorted({key for key in request.query if len(request.query.getall(key)) > 1}):
+        raise bad_input(f"repeated query parameter: {repeated[0]!r}")
+    limit = request.app[STORE_KEY].config.max_tx_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(limit)
+
+
+@web.middleware
+async def request_check_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """:func:`check_request` before any other work."""
+    check_request(request)
+    return await handler(request)
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue``: answer a request :func:`check_request` refuses at once, before the client
+    sends its body (aiohttp runs this before any middleware); otherwise invite the body."""
+    try:
+        check_request(request)
+    except LfsbError as e:
+        return error_response(e)
+    if request.headers[hdrs.EXPECT].lower() != "100-continue":
+        return error_response(LfsbError(Kind.VALIDATION, "EBADEXPECT", "unsupported Expect header"))
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the 100 is not part of the response
+    return None
+
+
 def _client_gone(request: web.Request) -> bool:
     transport = request.transport
     return transport is None or transport.is_closing()
@@ -174,7 +221,8 @@ def db_name(request: web.Request) -> str:
 
 
 def parse_target(request: web.Request, required: bool) -> tuple[int, int | None]:
-    """``txid=`` or ``timestamp=`` of the query as (txid, timestamp ms); (0, None) when neither."""
+    """``txid=`` or ``timestamp=`` of the query as (txid, timestamp ms); (0, None) when neither. TXID 0
+    (``txid=0000000000000000``) names the current state, on every route."""
     txid_text = request.query.get("txid", "")
     ts_text = request.query.get("timestamp", "")
     txid, ts = 0, None
@@ -190,17 +238,17 @@ def parse_target(request: web.Request, required: bool) -> tuple[int, int | None]
             raise bad_input(str(e)) from None
     if txid and ts is not None:
         raise bad_input("can't specify both 'txid' and 'timestamp'")
-    if required and not txid and ts is None:
+    if required and not txid_text and ts is None:
         raise bad_input("'txid' or 'timestamp' required")
     return txid, ts
 
 
 async def resolve_point(store: Store, db: Database, txid: int, ts: int | None) -> Point:
-    """The restorable point a txid or timestamp names (ENOTXID / ENOTIMESTAMP if none)."""
+    """The restorable point a txid (0: the current state) or timestamp names (ENOTXID / ENOTIMESTAMP)."""
     files = await store.files(db)
     if ts is not None:
         return point_before(files, ts)
-    return point_at(files, txid)
+    return point_at(files, txid or db.txid)
 
 
 def go_time(ms: int) -> str:
@@ -229,10 +277,7 @@ async def receive_body(request: web.Request, store: Store, keep: bool) -> bytes 
     streamed to a new temp file (fsynced; opened once the body outgrows the buffer, so a small body
     takes one trip to a worker thread) whose path is returned: the caller removes it.
     """
-    limit = store.config.max_tx_bytes
-    too_large = LfsbError(Kind.TOO_LARGE, "ETOOLARGE", f"request body larger than {limit} bytes")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
+    limit = store.config.max_tx_bytes  # a declared Content-Length over it was refused by check_request
     spill: Path | None = None
     f: BinaryIO | None = None
     try:
@@ -244,7 +289,7 @@ async def receive_body(request: web.Request, store: Store, keep: bool) -> bytes 
                 break
             size += len(chunk)
             if size > limit:
-                raise too_large
+                raise too_large(limit)
             pending += chunk
             if len(pending) >= BODY_BUFFER:
                 if f is None:
@@ -453,19 +498,21 @@ async def metrics(request: web.Request) -> web.Response:
 
 def create_app(store: Store) -> web.Application:
     """The application with every route and middleware, serving ``store``."""
-    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=1024**2)
+    app = web.Application(
+        middlewares=[error_middleware, request_check_middleware, auth_middleware], client_max_size=1024**2
+    )
     app[STORE_KEY] = store
     app[INFLIGHT_KEY] = InFlight()
     app.router.add_get("/pos", get_pos, allow_head=False)
-    app.router.add_post("/db/tx", post_tx)
+    app.router.add_post("/db/tx", post_tx, expect_handler=expect_continue)
     app.router.add_get("/db/snapshot", get_snapshot, allow_head=False)
-    app.router.add_post("/db/restore", post_restore)
+    app.router.add_post("/db/restore", post_restore, expect_handler=expect_continue)
     app.router.add_get("/db/restore/check", get_restore_check, allow_head=False)
     app.router.add_get("/db/info", get_info, allow_head=False)
-    app.router.add_post("/db/upload", post_upload)
+    app.router.add_post("/db/upload", post_upload, expect_handler=expect_continue)
     app.router.add_delete("/db", delete_db)
     app.router.add_delete("/db/", delete_db)
-    app.router.add_post("/cluster/reset-id", post_reset_cluster_id)
+    app.router.add_post("/cluster/reset-id", post_reset_cluster_id, expect_handler=expect_continue)
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/metrics", metrics, allow_head=False)
     return app

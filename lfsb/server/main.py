@@ -74,7 +74,10 @@ class Server:
             raise StartupError(f"{setting}: object storage unusable: {e}") from None
         await recover(self.store)
         self._app = create_app(self.store)
-        self._runner = web.AppRunner(self._app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
+        # auto_decompress=False: a request body is never inflated (any Content-Encoding gets a 415).
+        self._runner = web.AppRunner(
+            self._app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT, auto_decompress=False
+        )
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, config.host, config.port)
         try:

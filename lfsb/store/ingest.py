@@ -78,6 +78,8 @@ def inspect(f: BinaryIO, size: int) -> Incoming:
             checksums.append(frame_checksum(frame))
             prev = pgno
         trailer = dec.close()
+        if not dec.at_end():
+            raise bad_ltx("unexpected data after the trailer")
     except PostApplyMismatch as e:
         raise LfsbError(Kind.VALIDATION, "EBADCHECKSUM", str(e)) from None
     except LTXError as e:
