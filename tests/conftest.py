@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: the golden LTX fixtures (tests/fixtures/ltx) and the S3 server (tests/s3server.py)."""
+"""Shared pytest fixtures: the golden LTX fixtures (tests/fixtures/ltx) and the S3 server."""
 
 from __future__ import annotations
 
