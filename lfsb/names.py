@@ -18,7 +18,8 @@ file system takes a 256-byte name (NAME_MAX is 255): such a database could never
 def _valid(name: str, limit: int) -> bool:
     # The pattern is ASCII-only, so the length in characters is the length in bytes; checking it first
     # also keeps undecodable header bytes (surrogate escapes) away from str.encode().
-    return bool(_NAME.fullmatch(name)) and len(name) <= limit and not name.startswith(".")
+    # A leading "." could name a hidden or relative directory; a leading "-" reads as a command-line option.
+    return bool(_NAME.fullmatch(name)) and len(name) <= limit and not name.startswith((".", "-"))
 
 
 def validate_cluster(name: str) -> str:

@@ -260,6 +260,8 @@ BAD_DATABASE_NAMES = [
     "x" * 4000,
     "d" * 256,
     ".hidden",
+    "-x",
+    "--help",
 ]
 
 
@@ -286,7 +288,7 @@ async def test_odd_valid_database_names_stay_in_their_directory(
     server: Server, client: Client, seeded: ServerState, snapshot: bytes
 ) -> None:
     """Names that are valid however odd they look are one directory under ``l0/<cluster>``, nowhere else."""
-    names = ["a..b", "-x", "_", "x.", "A-Z_0.9", "d" * 255]
+    names = ["a..b", "x-", "_", "x.", "A-Z_0.9", "d" * 255]
     for name in names:
         reply = await client.fetch("POST", f"/db/tx?db={name}", data=snapshot)
         assert reply.status == 200, reply
@@ -294,6 +296,23 @@ async def test_odd_valid_database_names_stay_in_their_directory(
     created = {f"l0/test/{name}{suffix}" for name in names for suffix in ["", f"/{filename}"]}
     assert data_files(server) - seeded.files == created
     assert sorted((await client.request("GET", "/pos"))[1]) == sorted(["db", *names])
+
+
+async def test_names_differing_only_in_case_are_refused(
+    server: Server, client: Client, seeded: ServerState, snapshot: bytes
+) -> None:
+    """A new database named like an existing one but for case, or in a cluster named so, is a 409: on a
+    case-insensitive file system (macOS) the two would share a directory. Existing names keep working."""
+    length = f"Content-Length: {len(snapshot)}".encode()
+    reply = await exchange(server, head("POST", "/db/tx?db=DB", length), snapshot)
+    lfsb_error(
+        reply, 409, "ENAMECONFLICT", "database name 'DB' differs only in case from the existing database 'db'"
+    )
+    reply = await exchange(server, head("POST", "/db/tx?db=new", length, auth=b"cluster TEST"), snapshot)
+    lfsb_error(reply, 409, "ENAMECONFLICT", "cluster name differs only in case from an existing cluster")
+    await assert_unchanged(server, client, seeded)
+    reply = await exchange(server, head("POST", "/db/tx?db=other", length), snapshot)  # a new name: fine
+    assert reply.status == 200, reply
 
 
 @pytest.mark.parametrize(
@@ -304,6 +323,7 @@ async def test_odd_valid_database_names_stay_in_their_directory(
         (b"cluster a\\b", "EBADCLUSTER"),
         (b"cluster %2e%2e", "EBADCLUSTER"),
         (b"cluster \xc3\xa9", "EBADCLUSTER"),
+        (b"cluster -c", "EBADCLUSTER"),
         (b"cluster \xff\xfe", "EBADCLUSTER"),
         (b"cluster " + b"c" * 5000, "EBADCLUSTER"),
         (b"cluster\ttest", "EINVALIDAUTH"),

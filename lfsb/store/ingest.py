@@ -168,6 +168,28 @@ def place(dest: Path, body: bytes | Path) -> bool:
             make_dirs(dest.parent)  # the database's first file
 
 
+def refuse_case_twins(conn: sqlite3.Connection, cluster: str, name: str) -> None:
+    """409 ``ENAMECONFLICT`` for a new database whose name, or whose cluster's name, differs only in case
+    from an existing one: on a case-insensitive file system (macOS) the two would share a directory."""
+    if conn.execute(
+        "SELECT 1 FROM databases WHERE lower(cluster) = lower(?) AND cluster <> ? LIMIT 1", (cluster, cluster)
+    ).fetchone():
+        raise LfsbError(
+            Kind.CONFLICT, "ENAMECONFLICT", "cluster name differs only in case from an existing cluster"
+        )
+    twin = conn.execute(
+        "SELECT name FROM databases WHERE lower(cluster) = lower(?) AND lower(name) = lower(?) AND name <> ?"
+        " LIMIT 1",
+        (cluster, name, name),
+    ).fetchone()
+    if twin:
+        raise LfsbError(
+            Kind.CONFLICT,
+            "ENAMECONFLICT",
+            f"database name {name!r} differs only in case from the existing database {twin[0]!r}",
+        )
+
+
 def record(
     conn: sqlite3.Connection, cluster: str, name: str, inc: Incoming, placed: bool, now: int
 ) -> Database:
@@ -261,6 +283,8 @@ def append(
     if inc is None:
         assert isinstance(body, bytes)
         inc = inspect(io.BytesIO(body), len(body))
+    if find_database(conn, cluster, name) is None:
+        refuse_case_twins(conn, cluster, name)  # before the new database's directory is made
     dest = l0_path(l0_root, cluster, name, inc.header.filename)
     placed = place(dest, body)
     try:
