@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lfsb.ltx import decode_database, verify
+from lfsb.server import app as server_app
 from lfsb.server.main import Server
 from lfsb.storage import FileInfo, StorageError
 from tests.lfsb_server import Client
@@ -121,6 +122,26 @@ async def test_divergence_pulls_snapshot(server: Server, client: Client, tmp_pat
         assert status == 200 and hashlib.sha256(raw).hexdigest() == sha256(node.db_path)
 
 
+async def test_a_body_over_the_memory_buffer_is_spilled_to_disk(
+    server: Server, client: Client, tmp_path: Path
+) -> None:
+    """A transaction larger than the in-memory body buffer (1 MiB) goes through a temp file, which is gone
+    once the request is answered, and is stored exactly."""
+    async with LiteFSEmulator(tmp_path / "node", server.url) as node:
+        node.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+        await node.sync()
+        node.execute(
+            "INSERT INTO t (v) VALUES (randomblob(3 * 1024 * 1024))"
+        )  # incompressible: > 1 MiB of LZ4
+        await node.sync()
+        assert await server_pos(client, "db") == (f"{node.txid:016x}", f"{node.pos.post_apply_checksum:016x}")
+        sizes = [p.stat().st_size for p in server.store.l0_dir.rglob("*.ltx")]
+        assert max(sizes) > server_app.BODY_BUFFER  # the body was larger than the in-memory buffer
+        assert list(server.store.tmp_dir.iterdir()) == []  # its temp file is gone
+    status, _, raw = await client.request("GET", "/db/snapshot?db=db&format=sqlite")
+    assert status == 200 and hashlib.sha256(raw).hexdigest() == sha256(node.db_path)
+
+
 async def test_failed_download_stops_the_others_and_leaves_no_temp_files(
     server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -136,21 +157,26 @@ async def test_failed_download_stops_the_others_and_leaves_no_temp_files(
     db = await server.store.database("test", "db")
     remote = [f for f in await server.store.files(db) if f.level == 1]
     assert len(remote) >= 3
-    real_download = server.store.objects.download
     started: list[int] = []
+    all_started = asyncio.Event()
+    cancelled: list[int] = []
 
     async def flaky_download(info: FileInfo, dest: Path) -> None:
         started.append(info.min_txid)
+        if len(started) == len(remote):
+            all_started.set()
         if info.min_txid == remote[0].min_txid:
-            await asyncio.sleep(0.05)
+            await all_started.wait()
             raise StorageError("injected failure")
-        await asyncio.sleep(0.5)  # still running when the first one fails
-        await real_download(info, dest)
+        try:
+            await asyncio.Event().wait()  # still running when the first one fails
+        except asyncio.CancelledError:
+            cancelled.append(info.min_txid)
+            raise
 
     monkeypatch.setattr(server.store.objects, "download", flaky_download)
     with pytest.raises(StorageError, match="injected failure"):
         async with server.store.open_files(db, remote):
             pass
-    assert len(started) == len(remote)
-    await asyncio.sleep(0.6)  # the others were cancelled: nothing arrives after the cleanup
+    assert sorted(cancelled) == sorted(f.min_txid for f in remote[1:])  # the others were stopped first
     assert list(server.store.tmp_dir.iterdir()) == []

@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import pickle
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -275,8 +276,23 @@ async def test_delete(object_store: ObjectStore, tmp_path: Path) -> None:
     assert await object_store.list_clusters() == []
 
 
-async def test_check(object_store: ObjectStore) -> None:
+async def test_check(object_store: ObjectStore, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """check() passes on a usable store and leaves nothing behind; on an unusable one it raises a
+    StorageError that names the problem."""
     await object_store.check()
+    assert await object_store.list_clusters() == []
+    if isinstance(object_store, LocalStore):
+        assert os.listdir(tmp_path / "objects") == []  # the probe file is gone
+        (tmp_path / "blocked").write_bytes(b"a file where the root should be")
+        broken: ObjectStore = LocalStore(tmp_path / "blocked")
+        expected = "is not writable"
+    else:
+        settings = request.getfixturevalue("s3_bucket")
+        broken = S3Store.from_env({**settings.env(), "BUCKET_NAME": "no-such-bucket-here"})
+        expected = "S3 bucket 'no-such-bucket-here' does not exist"
+    async with broken:
+        with pytest.raises(StorageError, match=re.escape(expected)):
+            await broken.check()
 
 
 # -- local store specifics --------------------------------------------------------------------------------
