@@ -168,9 +168,9 @@ class Client:
         resp = await self._request("DELETE", "/db", params={"db": db})
         resp.release()
 
-    async def reset_cluster_id(self) -> str | None:
-        """``POST /cluster/reset-id``: forget the pinned LiteFS cluster ID; returns the old one."""
-        return (await self._json("POST", "/cluster/reset-id")).get("previousClusterId")
+    async def reset_cluster_id(self) -> bool:
+        """``POST /cluster/reset-id``: forget the pinned LiteFS cluster ID; whether one was pinned."""
+        return bool((await self._json("POST", "/cluster/reset-id")).get("wasPinned"))
 
 
 def _api_error(status: int, body: bytes) -> APIError:

@@ -298,14 +298,15 @@ async def test_cluster_reset_id(server: Server, node: LiteFSEmulator, tmp_path: 
 
         result = await lfsb(server, "cluster", "reset-id")
         assert result.exit_code == 0
-        assert result.stdout == f"cluster id reset\n  cluster     = test\n  previous id = {node.cluster_id}\n"
+        assert result.stdout == "cluster id reset\n  cluster    = test\n  was pinned = yes\n"
+        assert node.cluster_id not in result.stdout  # never echoed
         await newcomer.sync()  # the next cluster ID seen is pinned now
         assert newcomer.stats.snapshots_sent == 1
         result = await lfsb(server, "cluster", "reset-id", "--json")
-        assert json.loads(result.stdout) == {"cluster": "test", "previousClusterId": newcomer.cluster_id}
+        assert json.loads(result.stdout) == {"cluster": "test", "wasPinned": True}
         result = await lfsb(server, "cluster", "reset-id", "--json")
-        assert json.loads(result.stdout) == {"cluster": "test", "previousClusterId": None}
-        assert "previous id = -" in (await lfsb(server, "cluster", "reset-id")).stdout
+        assert json.loads(result.stdout) == {"cluster": "test", "wasPinned": False}
+        assert "was pinned = no" in (await lfsb(server, "cluster", "reset-id")).stdout
 
 
 @pytest.mark.parametrize(

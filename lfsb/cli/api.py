@@ -264,11 +264,13 @@ def cluster() -> None:
 @api_command
 async def reset_id(client: Client, as_json: bool) -> None:
     """Forget the LiteFS cluster ID pinned to this cluster (after re-creating the LiteFS cluster)."""
-    previous = await client.reset_cluster_id()
+    was_pinned = await client.reset_cluster_id()
     if as_json:
-        print_json({"cluster": client.cluster, "previousClusterId": previous})
+        print_json({"cluster": client.cluster, "wasPinned": was_pinned})
     else:
-        print_fields("cluster id reset", [("cluster", client.cluster), ("previous id", previous or "-")])
+        print_fields(
+            "cluster id reset", [("cluster", client.cluster), ("was pinned", "yes" if was_pinned else "no")]
+        )
 
 
 COMMANDS = [list_cmd, info, export, import_cmd, restore, delete, cluster]

@@ -465,28 +465,31 @@ async def delete_db(request: web.Request) -> web.Response:
 
 
 async def post_reset_cluster_id(request: web.Request) -> web.Response:
-    """``POST /cluster/reset-id``: forget the LiteFS cluster ID pinned to this cluster."""
+    """``POST /cluster/reset-id``: forget the LiteFS cluster ID pinned to this cluster (never echoed)."""
     cluster = request[CLUSTER_KEY]
-    previous = await request.app[STORE_KEY].reset_cluster_id(cluster)
-    return json_response({"cluster": cluster, "previousClusterId": previous})
+    was_pinned = await request.app[STORE_KEY].reset_cluster_id(cluster)
+    return json_response({"cluster": cluster, "wasPinned": was_pinned})
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """``GET /healthz``: 200 when the metadata db and object storage answer, 503 naming what fails."""
+    """``GET /healthz``: 200 when the metadata db and object storage answer, else 503 with the names of the
+    failing parts only (what failed, with bucket or path, goes to the log, never to an unauthenticated
+    caller)."""
     store = request.app[STORE_KEY]
-    failing = {}
+    failing = []
     try:
         await store.meta.read(lambda c: c.execute("SELECT 1").fetchone())
     except Exception as e:
-        failing["metadata"] = str(e)
+        failing.append("metadata")
+        log.warning("health check failed part=metadata error=%s", e)
     try:
         async with asyncio.timeout(5):
             await store.objects.check()
     except Exception as e:
-        failing["storage"] = str(e) or type(e).__name__
+        failing.append("storage")
+        log.warning("health check failed part=storage error=%s", str(e) or type(e).__name__)
     if failing:
-        body = {"status": "unavailable", "failing": failing}
-        return web.json_response(body, status=503)
+        return web.json_response({"status": "unavailable", "failing": failing}, status=503)
     return web.json_response({"status": "ok"})
 
 

@@ -165,18 +165,21 @@ class Store:
             if new:
                 log.info("cluster id pinned cluster=%s cluster_id=%s", cluster, cluster_id)
         if pinned != cluster_id:
+            # The pinned ID is never echoed: whoever can read it could pose as that LiteFS cluster.
             raise LfsbError(
                 Kind.UNPROCESSABLE,
                 "ECLUSTERID",
-                f"cluster {cluster!r} belongs to LiteFS cluster ID {pinned}, not {cluster_id}"
+                f"cluster {cluster!r} is pinned to another LiteFS cluster ID"
                 " (run `lfsb cluster reset-id` if the cluster was re-created)",
             )
 
-    async def reset_cluster_id(self, cluster: str) -> str | None:
-        """Forget the pinned cluster ID; returns the ID that was pinned."""
+    async def reset_cluster_id(self, cluster: str) -> bool:
+        """Forget the pinned cluster ID; whether one was pinned (the ID itself is never returned)."""
         previous = await self.meta.write(unpin_cluster_id, cluster)
         self._cluster_ids.pop(cluster, None)
-        return previous
+        if previous is not None:
+            log.info("cluster id unpinned cluster=%s", cluster)
+        return previous is not None
 
     async def positions(self, cluster: str) -> dict[str, Pos]:
         """The position of every database of a cluster, by name (``GET /pos``: only the columns it needs)."""
