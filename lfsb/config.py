@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -26,11 +27,11 @@ def parse_size(text: str, setting: str) -> int:
     return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
 
 
-def parse_bind(text: str) -> tuple[str, int]:
+def parse_bind(text: str, setting: str = "LFSB_BIND") -> tuple[str, int]:
     """``host:port`` or ``:port`` (all interfaces) into (host, port)."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise config_error(f"LFSB_BIND: invalid address {text!r} (use host:port or :port)")
+        raise config_error(f"{setting}: invalid address {text!r} (use host:port or :port)")
     host = host.strip("[]")
     return host or "0.0.0.0", int(port)
 
@@ -60,6 +61,16 @@ def s3_settings(env: Mapping[str, str]) -> S3Settings | None:
     )
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the server needs to start."""
@@ -67,6 +78,9 @@ class Config:
     data_path: Path
     host: str = "0.0.0.0"
     port: int = 2200
+    metrics_bind: tuple[str, int] | None = None
+    """Where ``/metrics`` is served on its own (``LFSB_METRICS_BIND``); None: on the main address, and
+    there only when it is a loopback address."""
     s3: S3Settings | None = None
     sentry_dsn: str | None = None
     levels: tuple[Level, ...] = tuple(parse_levels(DEFAULT_LEVELS))
@@ -76,6 +90,11 @@ class Config:
     max_tx_bytes: int = 4 * 2**30
     log_level: str = "info"
     log_format: str = "text"
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the main address is reachable from this machine only."""
+        return is_loopback(self.host)
 
     @property
     def objects_path(self) -> Path:
@@ -90,6 +109,7 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
     if not data_path:
         raise config_error("LFSB_DATA_PATH: required (the local data directory)")
     host, port = parse_bind(str(overrides.get("bind") or env.get("LFSB_BIND", ":2200")))
+    metrics_bind = env.get("LFSB_METRICS_BIND")
     s3 = s3_settings(env)
     log_format = env.get("LFSB_LOG_FORMAT", "text").lower()
     if log_format not in ("text", "json"):
@@ -107,6 +127,7 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         data_path=Path(str(data_path)),
         host=host,
         port=port,
+        metrics_bind=parse_bind(metrics_bind, "LFSB_METRICS_BIND") if metrics_bind else None,
         s3=s3,
         sentry_dsn=env.get("SENTRY_DSN") or None,
         levels=tuple(parse_levels(env.get("LFSB_LEVELS", DEFAULT_LEVELS))),

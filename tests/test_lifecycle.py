@@ -8,8 +8,9 @@ import re
 import signal
 import time
 import tomllib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -105,6 +106,7 @@ async def test_taken_port_exits_nonzero_with_message(running: ServerProcess, tmp
         ({"LFSB_LEVELS": ""}, "LFSB_LEVELS: at least one compaction level is required"),
         ({"LFSB_MAX_TX_BYTES": "lots"}, "LFSB_MAX_TX_BYTES: invalid size 'lots'"),
         ({"LFSB_BIND": "nowhere"}, "LFSB_BIND: invalid address 'nowhere'"),
+        ({"LFSB_METRICS_BIND": "9091"}, "LFSB_METRICS_BIND: invalid address '9091'"),
         ({"LFSB_LOG_FORMAT": "xml"}, "LFSB_LOG_FORMAT: 'xml' is not text or json"),
         ({"LFSB_SNAPSHOT_INTERVAL": "0"}, "LFSB_SNAPSHOT_INTERVAL: must be greater than zero"),
         ({"LFSB_DATA_PATH": ""}, "LFSB_DATA_PATH: required"),
@@ -194,6 +196,34 @@ async def test_metrics_move_with_ingestion_and_compaction(tmp_path: Path) -> Non
     finally:
         server.proc.send_signal(signal.SIGTERM)
         assert (await server.finish())[0] == 0
+
+
+@pytest.mark.parametrize("storage_env", [{}])
+async def test_metrics_are_never_served_to_the_network(start_server: Callable[..., Any]) -> None:
+    """``/metrics`` names every cluster and database: on a non-loopback main address it is a 404 unless
+    ``LFSB_METRICS_BIND`` gives it an address of its own, where it is all that is served."""
+    async with aiohttp.ClientSession() as session:
+
+        async def get(url: str) -> tuple[int, str]:
+            async with session.get(url) as resp:
+                return resp.status, await resp.text()
+
+        public = await start_server(LFSB_BIND="0.0.0.0:0")
+        status, body = await get(public.url + "/metrics")
+        assert status == 404 and "lfsb_" not in body
+        assert public.metrics_url is None
+        assert (await get(public.url + "/healthz"))[0] == 200
+
+        split = await start_server(
+            Path(public.config.data_path.parent / "split"), LFSB_METRICS_BIND="127.0.0.1:0"
+        )
+        assert (await get(split.url + "/metrics"))[0] == 404
+        assert split.metrics_url is not None
+        status, body = await get(split.metrics_url)
+        assert status == 200 and "# TYPE lfsb_" in body
+        assert (await get(split.metrics_url.removesuffix("/metrics") + "/pos"))[
+            0
+        ] == 404  # nothing else there
 
 
 async def test_healthz_follows_object_storage(tmp_path: Path) -> None:
@@ -302,6 +332,8 @@ def test_dockerfile_and_fly_toml_carry_the_deployment_settings() -> None:
     assert service["internal_port"] == 2200
     assert service["auto_stop_machines"] == "off"
     assert any(c["path"] == "/healthz" for c in service["checks"])
+    # Metrics on their own port, the one fly's scraper reads; never on the service port.
+    assert fly["metrics"]["port"] == int(fly["env"]["LFSB_METRICS_BIND"].rpartition(":")[2]) != 2200
     assert "public" not in json.dumps(fly).lower() or "no-public-ips" in (REPO / "fly.toml").read_text()
 
     lines = [line.strip() for line in (REPO / "Dockerfile").read_text().splitlines()]

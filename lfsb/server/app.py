@@ -499,8 +499,18 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
-def create_app(store: Store) -> web.Application:
-    """The application with every route and middleware, serving ``store``."""
+def create_metrics_app(store: Store) -> web.Application:
+    """``/metrics`` alone, for the separate ``LFSB_METRICS_BIND`` address."""
+    app = web.Application()
+    app[STORE_KEY] = store
+    app.router.add_get("/metrics", metrics, allow_head=False)
+    return app
+
+
+def create_app(store: Store, serve_metrics: bool) -> web.Application:
+    """The application with every route and middleware, serving ``store``. ``/metrics`` is among them
+    only with ``serve_metrics``: its labels name every cluster and database, so it is never served to
+    the network without authorization."""
     app = web.Application(
         middlewares=[error_middleware, request_check_middleware, auth_middleware], client_max_size=1024**2
     )
@@ -517,5 +527,6 @@ def create_app(store: Store) -> web.Application:
     app.router.add_delete("/db/", delete_db)
     app.router.add_post("/cluster/reset-id", post_reset_cluster_id, expect_handler=expect_continue)
     app.router.add_get("/healthz", healthz, allow_head=False)
-    app.router.add_get("/metrics", metrics, allow_head=False)
+    if serve_metrics:
+        app.router.add_get("/metrics", metrics, allow_head=False)
     return app

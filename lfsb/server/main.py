@@ -18,7 +18,7 @@ from ..storage.s3 import S3Store
 from ..store.compaction import Scheduler
 from ..store.recovery import recover
 from ..store.store import Store
-from .app import INFLIGHT_KEY, create_app
+from .app import INFLIGHT_KEY, create_app, create_metrics_app
 from .logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,12 @@ def open_object_store(config: Config) -> ObjectStore:
     return S3Store.from_settings(config.s3)
 
 
+def _base_url(runner: web.AppRunner) -> str:
+    """The base URL a runner listens on (the real port when configured with port 0)."""
+    host, port = runner.addresses[0][:2]
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+
+
 class Server:
     """The whole server: start it, serve, stop it gracefully."""
 
@@ -53,12 +59,12 @@ class Server:
         self.scheduler = Scheduler(self.store)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
+        self._metrics_runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
         """The base URL the server listens on (the real port when configured with port 0)."""
-        host, port = self._runner.addresses[0][:2]
-        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        return _base_url(self._runner)
 
     async def start(self) -> None:
         """Open the data directory and storage, recover from storage, listen, start compaction."""
@@ -73,7 +79,7 @@ class Server:
             setting = "BUCKET_NAME" if config.s3 else "LFSB_DATA_PATH"
             raise StartupError(f"{setting}: object storage unusable: {e}") from None
         await recover(self.store)
-        self._app = create_app(self.store)
+        self._app = create_app(self.store, serve_metrics=config.metrics_bind is None and config.loopback)
         # auto_decompress=False: a request body is never inflated (any Content-Encoding gets a 415).
         self._runner = web.AppRunner(
             self._app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT, auto_decompress=False
@@ -86,8 +92,29 @@ class Server:
             raise StartupError(
                 f"LFSB_BIND: cannot listen on {config.host}:{config.port}: {e.strerror or e}"
             ) from None
+        if config.metrics_bind is not None:
+            await self._serve_metrics(*config.metrics_bind)
+        elif not config.loopback:
+            log.info("/metrics is not served on a non-loopback address: set LFSB_METRICS_BIND to serve it")
         self.scheduler.start()
         log.info("server listening url=%s data=%s storage=%s", self.url, config.data_path, self.objects)
+
+    async def _serve_metrics(self, host: str, port: int) -> None:
+        self._metrics_runner = web.AppRunner(create_metrics_app(self.store), handle_signals=False)
+        await self._metrics_runner.setup()
+        try:
+            await web.TCPSite(self._metrics_runner, host, port).start()
+        except OSError as e:
+            raise StartupError(
+                f"LFSB_METRICS_BIND: cannot listen on {host}:{port}: {e.strerror or e}"
+            ) from None
+
+    @property
+    def metrics_url(self) -> str | None:
+        """The URL of ``/metrics`` on the separate ``LFSB_METRICS_BIND`` address, if there is one."""
+        if self._metrics_runner is None:
+            return None
+        return _base_url(self._metrics_runner) + "/metrics"
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests and the running compaction step finish, close."""
@@ -102,6 +129,8 @@ class Server:
             await asyncio.gather(_drain(), self.scheduler.stop(SHUTDOWN_TIMEOUT))
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
         await self.store.close()
         await self.objects.close()
         await asyncio.to_thread(flush_sentry)
