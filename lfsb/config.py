@@ -88,6 +88,8 @@ class Config:
     snapshot_interval: float = 86400.0
     snapshot_retention: float = 30 * 86400.0
     max_tx_bytes: int = 4 * 2**30
+    max_exports: int = 4
+    disk_reserve: int = 256 * 2**20
     log_level: str = "info"
     log_format: str = "text"
 
@@ -123,6 +125,9 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
     max_tx_bytes = parse_size(env.get("LFSB_MAX_TX_BYTES", "4GiB"), "LFSB_MAX_TX_BYTES")
     if max_tx_bytes <= 0:
         raise config_error("LFSB_MAX_TX_BYTES: must be greater than zero")
+    max_exports = env.get("LFSB_MAX_EXPORTS", "4")
+    if not max_exports.isdigit() or int(max_exports) < 1:
+        raise config_error(f"LFSB_MAX_EXPORTS: {max_exports!r} is not a whole number of at least 1")
     return Config(
         data_path=Path(str(data_path)),
         host=host,
@@ -137,6 +142,8 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
             env.get("LFSB_SNAPSHOT_RETENTION", "30d"), "LFSB_SNAPSHOT_RETENTION"
         ),
         max_tx_bytes=max_tx_bytes,
+        max_exports=int(max_exports),
+        disk_reserve=parse_size(env.get("LFSB_DISK_RESERVE", "256MiB"), "LFSB_DISK_RESERVE"),
         log_level=log_level,
         log_format=log_format,
     )

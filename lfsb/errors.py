@@ -76,3 +76,8 @@ def not_found_db() -> LfsbError:
 def internal(message: str) -> LfsbError:
     """500 ``EINTERNAL``: our own fault."""
     return LfsbError(Kind.INTERNAL, "EINTERNAL", message)
+
+
+def busy(message: str) -> LfsbError:
+    """503 ``EBUSY``: a limit of the server is reached for now; the client retries later."""
+    return LfsbError(Kind.UNAVAILABLE, "EBUSY", message)

@@ -66,7 +66,7 @@ async def integrity(server: Server) -> list[tuple[str]]:
 
 async def test_body_does_not_fit(start_server: object, small_disk: Path, tmp_path: Path) -> None:
     """Requests on a full disk get 507 and change nothing; with space again, LiteFS catches up."""
-    server: Server = await start_server(data_path=small_disk / "data")  # type: ignore[operator]
+    server: Server = await start_server(data_path=small_disk / "data", LFSB_DISK_RESERVE="0")  # type: ignore[operator]
     client = Client(server.url)
     node = LiteFSEmulator(tmp_path / "node", server.url)
     rng = random.Random(SEED)

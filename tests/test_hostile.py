@@ -510,6 +510,36 @@ async def test_expect_continue_over_the_limit_is_refused_at_once(
     await assert_unchanged(server, client, seeded)
 
 
+async def test_exports_are_bounded(server: Server, client: Client, seeded: ServerState) -> None:
+    """While ``LFSB_MAX_EXPORTS`` exports hold temp space, another is a 503 ``EBUSY`` with Retry-After
+    (no temp file made); once one ends, exports work again. LiteFS's writes are never held back by it."""
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(server.config.max_exports):
+            await stack.enter_async_context(server.store.export_slot(0))
+        for query in ("db=db", "db=db&format=sqlite", "db=db&format=ltx"):
+            reply = await exchange(server, head("GET", f"/db/snapshot?{query}"))
+            lfsb_error(reply, 503, "EBUSY", "4 exports are running, the most allowed (LFSB_MAX_EXPORTS)")
+            assert reply.headers["retry-after"] == str(server_app.RETRY_AFTER)
+    await assert_unchanged(server, client, seeded)  # exports work again, and nothing was left behind
+
+
+async def test_exports_keep_a_disk_reserve_for_ingestion(
+    start_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    """An export that would leave less than ``LFSB_DISK_RESERVE`` free is a 503 ``EBUSY``; ingestion is
+    not held back."""
+    server = await start_server(LFSB_DISK_RESERVE="1000TiB")
+    async with LiteFSEmulator(tmp_path / "node", server.url) as node:
+        node.execute("CREATE TABLE t (v)")
+        await node.sync()
+        reply = await exchange(server, head("GET", "/db/snapshot?db=db&format=sqlite"))
+        lfsb_error(reply, 503, "EBUSY")
+        assert "LFSB_DISK_RESERVE" in reply.data["error"]
+        node.execute("INSERT INTO t VALUES (1)")
+        assert await node.sync() == node.pos
+    assert list(server.store.tmp_dir.iterdir()) == []
+
+
 async def test_repeated_authorization_is_refused(server: Server, client: Client, seeded: ServerState) -> None:
     """Two ``Authorization`` headers: which one counts would be a guess, so neither does."""
     for method, route in ROUTES:

@@ -107,6 +107,8 @@ async def test_taken_port_exits_nonzero_with_message(running: ServerProcess, tmp
         ({"LFSB_MAX_TX_BYTES": "lots"}, "LFSB_MAX_TX_BYTES: invalid size 'lots'"),
         ({"LFSB_BIND": "nowhere"}, "LFSB_BIND: invalid address 'nowhere'"),
         ({"LFSB_METRICS_BIND": "9091"}, "LFSB_METRICS_BIND: invalid address '9091'"),
+        ({"LFSB_MAX_EXPORTS": "0"}, "LFSB_MAX_EXPORTS: '0' is not a whole number of at least 1"),
+        ({"LFSB_DISK_RESERVE": "lots"}, "LFSB_DISK_RESERVE: invalid size 'lots'"),
         ({"LFSB_LOG_FORMAT": "xml"}, "LFSB_LOG_FORMAT: 'xml' is not text or json"),
         ({"LFSB_SNAPSHOT_INTERVAL": "0"}, "LFSB_SNAPSHOT_INTERVAL: must be greater than zero"),
         ({"LFSB_DATA_PATH": ""}, "LFSB_DATA_PATH: required"),

@@ -33,6 +33,8 @@ STREAM_CHUNK = 256 * 1024
 BODY_BUFFER = 1024 * 1024
 BODY_IDLE_TIMEOUT = 60.0
 """Seconds a request body may stall before the request is abandoned (slow-loris guard)."""
+RETRY_AFTER = 5
+"""Seconds a client is asked to wait after a 503 (storage down, or a limit reached for now)."""
 PUBLIC_PATHS = frozenset({"/healthz", "/metrics"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -79,7 +81,10 @@ def json_response(data: Any) -> web.Response:
 def error_response(err: LfsbError) -> web.Response:
     """An error body as Go's ``json.Encoder`` writes it: compact, with a trailing newline."""
     text = json.dumps(err.to_json(), separators=(",", ":"), ensure_ascii=False) + "\n"
-    return web.Response(status=err.status, text=text, content_type="application/json")
+    resp = web.Response(status=err.status, text=text, content_type="application/json")
+    if err.kind is Kind.UNAVAILABLE:
+        resp.headers["Retry-After"] = str(RETRY_AFTER)
+    return resp
 
 
 def _disk_full(exc: BaseException) -> bool:
@@ -122,7 +127,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             log.info("client disconnected method=%s path=%s", request.method, request.path)
             return web.Response(status=499)  # never delivered; it only shows in the access log
         err = _as_lfsb_error(exc, request)
-        if err.kind is Kind.INTERNAL or err.kind is Kind.UNAVAILABLE:
+        if err.kind is Kind.INTERNAL or err.code == "ESTORAGE":  # EBUSY is a limit working, not a fault
             report_exception(exc, cluster=request.get(CLUSTER_KEY, ""), database=request.query.get("db", ""))
             log.error(
                 "request failed method=%s path=%s cluster=%s database=%s code=%s",
@@ -369,20 +374,25 @@ async def get_snapshot(request: web.Request) -> web.StreamResponse:
     target = db.txid if not txid and ts is None else (await resolve_point(store, db, txid, ts)).txid
     snapshot = store.temp_path("snapshot")
     raw = store.temp_path("export")
-    try:
-        await store.build_snapshot(db, target, snapshot, compress=fmt != "sqlite")  # sqlite: decoded here
-        if fmt == "sqlite":
+    # About the database's size (its current one; a past point's may differ, the reserve is the slack):
+    # for sqlite, an uncompressed snapshot, then the database decoded from it.
+    size = db.commit * db.page_size
+    async with store.export_slot(2 * size if fmt == "sqlite" else size):
+        try:
+            await store.build_snapshot(db, target, snapshot, compress=fmt != "sqlite")  # sqlite: decoded here
+            if fmt == "sqlite":
 
-            def _decode() -> None:
-                with open(snapshot, "rb") as src, open(raw, "wb") as out:
-                    decode_database(src, out)
+                def _decode() -> None:
+                    with open(snapshot, "rb") as src, open(raw, "wb") as out:
+                        decode_database(src, out)
 
-            await asyncio.to_thread(_decode)
-            return await stream_file(request, raw)
-        return await stream_file(request, snapshot)
-    finally:
-        snapshot.unlink(missing_ok=True)
-        raw.unlink(missing_ok=True)
+                await asyncio.to_thread(_decode)
+                snapshot.unlink()
+                return await stream_file(request, raw)
+            return await stream_file(request, snapshot)
+        finally:
+            snapshot.unlink(missing_ok=True)
+            raw.unlink(missing_ok=True)
 
 
 async def post_restore(request: web.Request) -> web.Response:

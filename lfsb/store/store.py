@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..config import Config
-from ..errors import Kind, LfsbError, not_found_db
+from ..errors import Kind, LfsbError, busy, not_found_db
 from ..faults import crash_point
 from ..ltx import Header, Pos, Trailer, compact, parse_filename
 from ..observability import CountingObjectStore, Metrics
@@ -97,6 +97,8 @@ class Store:
         self.meta = MetaDB(self.data_path / "server.db", sync_files=FileSystemSync(self.l0_dir))
         self._locks: defaultdict[tuple[str, str], _DatabaseLocks] = defaultdict(_DatabaseLocks)
         self._cluster_ids: dict[str, str] = {}
+        self._exports = 0
+        self._export_bytes = 0  # temp space the running exports may still take
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -120,6 +122,24 @@ class Store:
     def temp_path(self, prefix: str) -> Path:
         """A fresh path in the temp directory (removed at every start)."""
         return self.tmp_dir / f"{prefix}-{uuid.uuid4().hex}.ltx"
+
+    @contextlib.asynccontextmanager
+    async def export_slot(self, need: int) -> AsyncIterator[None]:
+        """Admit one export that takes up to ``need`` bytes of temp space, or refuse it with 503 ``EBUSY``
+        (the client retries after ``Retry-After``) while ``LFSB_MAX_EXPORTS`` are running, or when the
+        free space left for ingestion would drop below ``LFSB_DISK_RESERVE``."""
+        if self._exports >= self.config.max_exports:
+            raise busy(f"{self._exports} exports are running, the most allowed (LFSB_MAX_EXPORTS)")
+        free = (await asyncio.to_thread(shutil.disk_usage, self.tmp_dir)).free
+        if free - self._export_bytes - need < self.config.disk_reserve:
+            raise busy("not enough free space in the data directory for this export now (LFSB_DISK_RESERVE)")
+        self._exports += 1
+        self._export_bytes += need
+        try:
+            yield
+        finally:
+            self._exports -= 1
+            self._export_bytes -= need
 
     def locks(self, cluster: str, name: str) -> _DatabaseLocks:
         """The locks of one database."""
