@@ -206,6 +206,58 @@ async def test_stalled_body_times_out(
 
 
 @pytest.mark.parametrize("route", BODY_ROUTES)
+async def test_trickled_body_is_cut_at_the_minimum_rate(
+    server: Server, client: Client, seeded: ServerState, monkeypatch: pytest.MonkeyPatch, route: str
+) -> None:
+    """A body that never stalls for long but trickles in under the minimum rate is cut once it falls behind
+    (the idle timeout alone would let 1 byte every few seconds hold the request forever)."""
+    monkeypatch.setattr(server_app, "BODY_GRACE", 0.5)
+    monkeypatch.setattr(server_app, "MIN_BODY_RATE", 1000)
+    start = head("POST", f"{route}?db=new", b"Transfer-Encoding: chunked")
+    reply = await exchange(server, start, *[chunk(b"\xa5" * 10), 0.1] * 100)  # 100 bytes/s for 10 s
+    lfsb_error(reply, 400, "ETIMEOUT", "request body too slow (under 1000 bytes/s)")
+    assert reply.elapsed < 5
+    await assert_unchanged(server, client, seeded)
+
+
+async def test_bodies_received_at_once_are_capped(
+    server: Server, client: Client, seeded: ServerState, snapshot: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``MAX_BODIES`` bodies in flight, another request is a 503 ``EBUSY`` with Retry-After, at once;
+    the one in flight is not disturbed."""
+    monkeypatch.setattr(server_app, "MAX_BODIES", 1)
+    bodies = server._app[server_app.BODIES_KEY]
+    first, rest = halves("/db/tx?db=new", snapshot, chunked=True)
+    held = asyncio.create_task(exchange(server, first, 1.0, rest))
+    async with asyncio.timeout(RESPONSE_TIMEOUT):
+        while bodies.count == 0:
+            await asyncio.sleep(0.01)
+    length = f"Content-Length: {len(snapshot)}".encode()
+    reply = await exchange(server, head("POST", "/db/tx?db=other", length), snapshot)
+    lfsb_error(reply, 503, "EBUSY", "1 request bodies are being received, the most allowed")
+    assert reply.headers["retry-after"] == str(server_app.RETRY_AFTER)
+    assert (await held).status == 200
+    assert (bodies.count, bodies.buffered) == (0, 0)
+    positions = (await client.request("GET", "/pos"))[1]
+    assert "new" in positions and "other" not in positions
+
+
+async def test_bodies_spill_to_disk_once_memory_is_held(
+    server: Server, client: Client, seeded: ServerState, snapshot: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While all bodies together hold ``BODY_MEMORY``, even a small one goes through a temp file at once,
+    and is stored the same."""
+    monkeypatch.setattr(server_app, "BODY_MEMORY", 0)
+    spilled: list[str] = []
+    temp_path = server.store.temp_path
+    monkeypatch.setattr(server.store, "temp_path", lambda prefix: spilled.append(prefix) or temp_path(prefix))
+    reply = await client.fetch("POST", "/db/tx?db=new", data=snapshot)
+    assert reply.status == 200 and spilled == ["body"]
+    assert server._app[server_app.BODIES_KEY].buffered == 0
+    assert (await client.request("GET", "/pos"))[1]["new"] == seeded.positions["db"]
+
+
+@pytest.mark.parametrize("route", BODY_ROUTES)
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 async def test_client_gone_mid_body(
     server: Server,

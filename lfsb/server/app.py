@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 import sentry_sdk
 from aiohttp import hdrs, web
 
-from ..errors import Kind, LfsbError, bad_input, internal
+from ..errors import Kind, LfsbError, bad_input, busy, internal
 from ..ltx import LTXError, decode_database, format_timestamp, format_txid, parse_timestamp, parse_txid
 from ..names import validate_cluster, validate_cluster_id, validate_database
 from ..observability import CONTENT_TYPE, report_exception, timed
@@ -33,6 +33,14 @@ STREAM_CHUNK = 256 * 1024
 BODY_BUFFER = 1024 * 1024
 BODY_IDLE_TIMEOUT = 60.0
 """Seconds a request body may stall before the request is abandoned (slow-loris guard)."""
+BODY_GRACE = 30.0
+MIN_BODY_RATE = 16 * 1024
+"""A body must arrive at ``MIN_BODY_RATE`` bytes/s on average, after ``BODY_GRACE`` seconds: a client
+trickling a byte now and then cannot hold a request open forever."""
+MAX_BODIES = 256
+"""Request bodies received at once; another gets 503 ``EBUSY`` (LiteFS retries within a second)."""
+BODY_MEMORY = 64 * 1024 * 1024
+"""Bytes of all bodies held in memory at once; past it, bodies spill to disk at once."""
 RETRY_AFTER = 5
 """Seconds a client is asked to wait after a 503 (storage down, or a limit reached for now)."""
 PUBLIC_PATHS = frozenset({"/healthz", "/metrics"})
@@ -263,44 +271,73 @@ def go_time(ms: int) -> str:
     return f"{text[:-5]}.{fraction}Z" if fraction else f"{text[:-5]}Z"
 
 
-async def _next_chunk(content: web.StreamReader) -> bytes:
-    """The next part of a body (empty at its end); 400 ``ETIMEOUT`` when none comes for a while. What
-    has arrived already is taken without setting up a timeout."""
+class Bodies:
+    """The request bodies being received: how many, and how many of their bytes are held in memory."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.buffered = 0
+
+
+BODIES_KEY = web.AppKey("bodies", Bodies)
+
+
+async def _next_chunk(content: web.StreamReader, deadline: float) -> bytes:
+    """The next part of a body (empty at its end); 400 ``ETIMEOUT`` when none comes for a while or the
+    body falls behind its ``deadline`` (loop time). What has arrived already is taken without setting up
+    a timeout."""
+    too_slow = LfsbError(
+        Kind.VALIDATION, "ETIMEOUT", f"request body too slow (under {MIN_BODY_RATE} bytes/s)"
+    )
+    now = asyncio.get_running_loop().time()
+    if now > deadline:
+        raise too_slow
     if chunk := content.read_nowait():
         return chunk
     try:
-        async with asyncio.timeout(BODY_IDLE_TIMEOUT):
+        async with asyncio.timeout(min(BODY_IDLE_TIMEOUT, deadline - now)):
             return await content.readany()
     except TimeoutError:
+        if asyncio.get_running_loop().time() >= deadline:
+            raise too_slow from None
         raise LfsbError(Kind.VALIDATION, "ETIMEOUT", "request body stalled") from None
 
 
 async def receive_body(request: web.Request, store: Store, keep: bool) -> bytes | Path:
-    """Read the request body, refusing more than ``LFSB_MAX_TX_BYTES`` with 413.
+    """Read the request body, refusing more than ``LFSB_MAX_TX_BYTES`` with 413, a body that falls under
+    ``MIN_BODY_RATE`` with 400, and one past ``MAX_BODIES`` at once with 503.
 
     With ``keep``, a body of up to ``BODY_BUFFER`` bytes is returned as bytes. Any other body is
-    streamed to a new temp file (fsynced; opened once the body outgrows the buffer, so a small body
-    takes one trip to a worker thread) whose path is returned: the caller removes it.
+    streamed to a new temp file (fsynced; opened once the body outgrows the buffer, or at once while
+    ``BODY_MEMORY`` is held by all bodies, so a small body takes one trip to a worker thread) whose path
+    is returned: the caller removes it.
     """
     limit = store.config.max_tx_bytes  # a declared Content-Length over it was refused by check_request
+    bodies = request.app[BODIES_KEY]
+    if bodies.count >= MAX_BODIES:
+        raise busy(f"{bodies.count} request bodies are being received, the most allowed")
+    bodies.count += 1
+    start = asyncio.get_running_loop().time() + BODY_GRACE
     spill: Path | None = None
     f: BinaryIO | None = None
+    pending = bytearray()
     try:
         size = 0
-        pending = bytearray()
         while True:
-            chunk = await _next_chunk(request.content)
+            chunk = await _next_chunk(request.content, start + size / MIN_BODY_RATE)
             if not chunk:
                 break
             size += len(chunk)
             if size > limit:
                 raise too_large(limit)
             pending += chunk
-            if len(pending) >= BODY_BUFFER:
+            bodies.buffered += len(chunk)
+            if len(pending) >= BODY_BUFFER or bodies.buffered > BODY_MEMORY:
                 if f is None:
                     spill = store.temp_path("body")
                     f = await asyncio.to_thread(open, spill, "wb")
                 await asyncio.to_thread(f.write, bytes(pending))
+                bodies.buffered -= len(pending)
                 pending.clear()
         if keep and f is None:
             return bytes(pending)
@@ -321,6 +358,9 @@ async def receive_body(request: web.Request, store: Store, keep: bool) -> bytes 
         if spill is not None:
             spill.unlink(missing_ok=True)
         raise
+    finally:
+        bodies.count -= 1
+        bodies.buffered -= len(pending)
 
 
 async def stream_file(request: web.Request, path: Path) -> web.StreamResponse:
@@ -526,6 +566,7 @@ def create_app(store: Store, serve_metrics: bool) -> web.Application:
     )
     app[STORE_KEY] = store
     app[INFLIGHT_KEY] = InFlight()
+    app[BODIES_KEY] = Bodies()
     app.router.add_get("/pos", get_pos, allow_head=False)
     app.router.add_post("/db/tx", post_tx, expect_handler=expect_continue)
     app.router.add_get("/db/snapshot", get_snapshot, allow_head=False)
