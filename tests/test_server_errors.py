@@ -24,7 +24,9 @@ import pytest
 
 from lfsb.ltx import FLAG, FLAG_COMPRESS_LZ4, HEADER_SIZE, TRAILER_SIZE, Encoder, Header, Pos, page_checksum
 from lfsb.names import MAX_DATABASE_NAME
+from lfsb.server import app as server_app
 from lfsb.server.main import Server
+from lfsb.storage import StorageError
 from tests.lfsb_server import (
     DB_ROUTES,
     Client,
@@ -514,6 +516,26 @@ async def test_invalid_database_name(server: Server, client: Client, method: str
     if (method, route) in [("GET", "/db/snapshot"), ("GET", "/db/info"), ("DELETE", "/db")]:
         reply = await client.fetch(method, f"{route}?db={'d' * MAX_DATABASE_NAME}")
         error(reply, 404, "ENODB", "database not found")
+    await assert_unchanged(server, client, before)
+
+
+async def test_storage_errors_are_503_with_retry_after(
+    server: Server, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Object storage failing under a request is a 503 ``ESTORAGE`` with Retry-After (the client tries
+    again later), never a 500, and the refused request changes nothing."""
+    body, model = snapshot(3)
+    accepted(await post_tx(client, body))
+    before = await assert_model(server, client, {"db": model})
+
+    async def unavailable(*args: object) -> None:
+        raise StorageError("connection refused")
+
+    monkeypatch.setattr(server.store.objects, "list_levels", unavailable)
+    reply = await client.fetch("DELETE", "/db?db=db")
+    error(reply, 503, "ESTORAGE", "object storage unavailable: connection refused")
+    assert reply.headers["Retry-After"] == str(server_app.RETRY_AFTER)
+    monkeypatch.undo()
     await assert_unchanged(server, client, before)
 
 
