@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import itertools
 import sqlite3
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from lfsb.ltx import decode_database, verify
 from lfsb.server import app as server_app
 from lfsb.server.main import Server
 from lfsb.storage import FileInfo, StorageError
+from lfsb.store import compaction
 from tests.lfsb_server import Client
 from tests.litefs import LiteFSEmulator
 
@@ -105,6 +107,31 @@ async def test_l1_compaction_uploads_and_raises_hwm(server: Server, client: Clie
         assert trailer.post_apply_checksum == meta.post_apply_checksum
         status, _, raw = await client.request("GET", "/db/snapshot?db=db&format=sqlite")
         assert status == 200 and hashlib.sha256(raw).hexdigest() == sha256(node.db_path)
+
+
+async def test_l1_compaction_of_more_than_256_files(server: Server, client: Client, tmp_path: Path) -> None:
+    """301 L0 files (more than LiteFS ever sends in one POST) are compacted into contiguous L1 files, a
+    bounded batch per run, and the HWM reaches the last of them."""
+    async with LiteFSEmulator(tmp_path / "node", server.url) as node:
+        node.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        await node.sync()
+        for i in range(300):
+            node.execute("INSERT INTO t (v) VALUES (?)", (f"v{i}",))
+            await node.sync()
+        db = await server.store.database("test", "db")
+        assert len([f for f in await server.store.files(db) if f.level == 0]) == 301
+        runs = 0
+        while (await server.store.database("test", "db")).hwm != node.txid:  # a bounded batch per run
+            assert await server.scheduler.run(1) == 1
+            runs += 1
+        assert runs == -(-301 // compaction.MAX_SOURCE_FILES)
+        files = await server.objects.list_files("test", "db", 1)
+        ranges = [(f.min_txid, f.max_txid) for f in files]
+        assert ranges[0][0] == 1 and ranges[-1][1] == node.txid
+        assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(ranges))  # contiguous, no gap
+        assert (await server.objects.metadata(files[-1])).post_apply_checksum == node.pos.post_apply_checksum
+    status, _, raw = await client.request("GET", "/db/snapshot?db=db&format=sqlite")
+    assert status == 200 and hashlib.sha256(raw).hexdigest() == sha256(node.db_path)
 
 
 async def test_divergence_pulls_snapshot(server: Server, client: Client, tmp_path: Path) -> None:
