@@ -276,3 +276,43 @@ async def test_txid_inside_a_file_is_exact_or_refused(start_server: Callable, tm
         # Its boundaries still restore exactly.
         assert await export_rows(server, tmp_path / "c.db", "--txid", format_txid(c)) == h[c].rows
         assert await export_rows(server, tmp_path / "b.db", "--txid", format_txid(b)) == h[b].rows
+
+
+async def test_a_write_slipping_in_makes_the_restore_try_again(
+    start_server: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LiteFS writes between the moment a restore builds its file and the moment it appends it: the append
+    gets EPOSMISMATCH, and the restore builds its file again on the new position instead of failing. The
+    slipped-in transaction stays in the history, and the node ends at the restored state."""
+    server: Server = await start_server()
+    async with LiteFSEmulator(tmp_path / "node", server.url) as node:
+        h = History(node)
+        node.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        await node.sync()
+        target = h.record()
+        node.execute("INSERT INTO t (v) VALUES ('later')")
+        await node.sync()
+        write_tx = server.store.write_tx
+        appends: list[int] = []
+
+        async def slipping_in(cluster: str, name: str, body: object) -> object:
+            if not isinstance(body, Path):  # LiteFS's own POST (small bodies stay in memory)
+                return await write_tx(cluster, name, body)
+            appends.append(node.txid)
+            if len(appends) == 1:
+                node.execute("INSERT INTO t (v) VALUES ('slipped in')")
+                await node.sync()
+                slipped.append(h.record())
+            return await write_tx(cluster, name, body)
+
+        slipped: list = []
+        monkeypatch.setattr(server.store, "write_tx", slipping_in)
+        restored = await lfsb_json(server, "restore", "db", "--txid", format_txid(target.txid))
+        assert appends == [target.txid + 1, target.txid + 2]  # refused once, then built again and appended
+        assert restored["txID"] == format_txid(slipped[0].txid + 1)
+        monkeypatch.undo()
+        await node.sync()
+        assert node.rows("SELECT * FROM t ORDER BY id") == target.rows
+        assert await export_rows(server, tmp_path / "slipped.db", "--txid", format_txid(slipped[0].txid)) == (
+            slipped[0].rows
+        )
