@@ -31,6 +31,15 @@ async def server_pos(client: Client, name: str) -> tuple[str, str] | None:
     return (entry["TXID"], entry["PostApplyChecksum"]) if entry else None
 
 
+async def insert_rows(node: LiteFSEmulator, count: int) -> None:
+    """Create table ``t``, then insert ``count`` rows, each its own transaction sent on its own."""
+    node.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    await node.sync()
+    for i in range(count):
+        node.execute("INSERT INTO t (v) VALUES (?)", (f"v{i}",))
+        await node.sync()
+
+
 async def test_stream_snapshot_and_incrementals(server: Server, client: Client, tmp_path: Path) -> None:
     async with LiteFSEmulator(tmp_path / "node", server.url) as node:
         node.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
@@ -80,11 +89,7 @@ async def test_large_batch_of_pending_transactions(server: Server, client: Clien
 
 async def test_l1_compaction_uploads_and_raises_hwm(server: Server, client: Client, tmp_path: Path) -> None:
     async with LiteFSEmulator(tmp_path / "node", server.url) as node:
-        node.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
-        await node.sync()
-        for i in range(20):
-            node.execute("INSERT INTO t (v) VALUES (?)", (f"v{i}",))
-            await node.sync()
+        await insert_rows(node, 20)
         assert node.hwm == 0  # nothing is in object storage yet
         assert await server.scheduler.run(1) == 1
         files = await server.objects.list_files("test", "db", 1)
@@ -113,11 +118,7 @@ async def test_l1_compaction_of_more_than_256_files(server: Server, client: Clie
     """301 L0 files (more than LiteFS ever sends in one POST) are compacted into contiguous L1 files, a
     bounded batch per run, and the HWM reaches the last of them."""
     async with LiteFSEmulator(tmp_path / "node", server.url) as node:
-        node.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
-        await node.sync()
-        for i in range(300):
-            node.execute("INSERT INTO t (v) VALUES (?)", (f"v{i}",))
-            await node.sync()
+        await insert_rows(node, 300)
         db = await server.store.database("test", "db")
         assert len([f for f in await server.store.files(db) if f.level == 0]) == 301
         runs = 0
