@@ -559,6 +559,9 @@ async def test_expect_continue_over_the_limit_is_refused_at_once(
                 server, head("POST", f"{route}?db=fresh", b"Expect: 100-continue", *headers)
             )
             lfsb_error(reply, status, code)
+        expect = (b"Expect: teapot", b"Content-Length: 1")
+        reply = await exchange(server, head("POST", f"{route}?db=fresh", *expect))
+        lfsb_error(reply, 417, "EBADEXPECT", "unsupported Expect header")
     await assert_unchanged(server, client, seeded)
 
 

@@ -192,7 +192,7 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     except LfsbError as e:
         return error_response(e)
     if request.headers[hdrs.EXPECT].lower() != "100-continue":
-        return error_response(LfsbError(Kind.VALIDATION, "EBADEXPECT", "unsupported Expect header"))
+        return error_response(LfsbError(Kind.EXPECTATION_FAILED, "EBADEXPECT", "unsupported Expect header"))
     if request.version >= (1, 1):
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the 100 is not part of the response
