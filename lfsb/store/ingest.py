@@ -191,15 +191,21 @@ def refuse_case_twins(conn: sqlite3.Connection, cluster: str, name: str) -> None
 
 
 def record(
-    conn: sqlite3.Connection, cluster: str, name: str, inc: Incoming, placed: bool, now: int
+    conn: sqlite3.Connection,
+    db: Database | None,
+    cluster: str,
+    name: str,
+    inc: Incoming,
+    placed: bool,
+    now: int,
 ) -> Database:
-    """Check ``inc`` against the current state and record it as L0 (metadata writer, one transaction).
+    """Check ``inc`` against the current state ``db`` of (cluster, name), None for a new database, and
+    record it as L0 (metadata writer, one transaction).
 
     ``placed`` tells whether :func:`place` created the file; if it found one there, the request
     that holds those transactions wins and this one gets 409 ``EPOSMISMATCH``.
     """
     h, trailer = inc.header, inc.trailer
-    db = find_database(conn, cluster, name)
     pos = db.pos if db else Pos(0, 0)
     if db is not None and h.page_size != db.page_size:
         raise LfsbError(Kind.UNPROCESSABLE, "EBADHEADER", "page size mismatch")
@@ -283,12 +289,13 @@ def append(
     if inc is None:
         assert isinstance(body, bytes)
         inc = inspect(io.BytesIO(body), len(body))
-    if find_database(conn, cluster, name) is None:
+    db = find_database(conn, cluster, name)
+    if db is None:
         refuse_case_twins(conn, cluster, name)  # before the new database's directory is made
     dest = l0_path(l0_root, cluster, name, inc.header.filename)
     placed = place(dest, body)
     try:
-        db = record(conn, cluster, name, inc, placed, now_ms())
+        db = record(conn, db, cluster, name, inc, placed, now_ms())
     except BaseException:
         if placed:
             remove_file(dest)
