@@ -39,17 +39,19 @@ def compact(
     compress: bool = True,
     allow_gaps: bool = False,
     timestamp: int | None = None,
+    trusted: bool = False,
 ) -> tuple[Header, Trailer]:
     """Merge ``inputs`` (in any order) into ``output``; returns the output header and trailer.
 
     ``timestamp`` overrides the output timestamp (by default the last input's). On any error the
     output is incomplete and must be discarded: inputs are only fully verified at the end.
+    ``trusted`` is :class:`Decoder`'s, for inputs lfsb wrote itself or already verified.
     """
     if not inputs:
         raise LTXError("at least one input reader required")
     decoders = []
     for i, f in enumerate(inputs):
-        dec = Decoder(f)
+        dec = Decoder(f, trusted=trusted)
         try:
             dec.read_header()
         except LTXError as e:

@@ -29,11 +29,13 @@ class Decoder:
 
     Pages come back as ``(pgno, frame)`` where ``frame`` is a memoryview of ``be32(pgno) || data``
     (the logical page frame, which is also what the page checksum hashes); ``frame[4:]`` is the
-    page. A frame stays valid after later reads.
+    page. A frame stays valid after later reads. ``trusted`` is for files lfsb wrote itself or
+    already verified: see :class:`~lfsb.ltx.lz4frame.FrameReader`.
     """
 
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: BinaryIO, *, trusted: bool = False) -> None:
         self._f = f
+        self._trusted = trusted
         self.header: Header | None = None
         self._frames_read = 0
         self._crc: int | None = None
@@ -66,7 +68,7 @@ class Decoder:
         self._lock_pgno = header.lock_pgno
         self._is_snapshot = header.is_snapshot
         if header.compressed:
-            self._lz4 = FrameReader(self._f)
+            self._lz4 = FrameReader(self._f, trusted=self._trusted)
         return header
 
     # -- pages ----------------------------------------------------------------------------------
@@ -142,12 +144,28 @@ class Decoder:
                 return None
             end = pos + self._frame_size
             if end > len(self._buf):
+                if pos + PAGE_HEADER_SIZE == len(self._buf) and self._peek_eof():
+                    # The input ends right after a page header: the reference's read of the page
+                    # data sees a clean EOF, as at a page boundary, and its Verify stops there.
+                    self._eof = True
+                    return None
                 if not self._fill(self._frame_size):
                     raise CleanEOF()
                 pos, end = 0, self._frame_size
         except LTXError as e:
             raise e.at(f"decode page {self._frames_read}") from None
         return pgno, pos, end
+
+    def _peek_eof(self) -> bool:
+        """Whether the page block has no bytes after the current buffer (a read that finds some
+        keeps them for :meth:`_fill`)."""
+        if self._next is not None:
+            return False
+        chunk = self._next_chunk()
+        if chunk is None:
+            return True
+        self._next = chunk
+        return False
 
     def _end_page_block(self) -> None:
         self._ended = True

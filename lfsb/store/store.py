@@ -77,11 +77,11 @@ def compact_files(
     with contextlib.ExitStack() as partials:
         while len(inputs) > MAX_COMPACT_INPUTS:
             partial = partials.enter_context(tempfile.TemporaryFile(dir=tmp_dir))
-            compact(inputs[:MAX_COMPACT_INPUTS], partial, compress=False)
+            compact(inputs[:MAX_COMPACT_INPUTS], partial, compress=False, trusted=True)
             partial.seek(0)
             inputs = [partial, *inputs[MAX_COMPACT_INPUTS:]]
         with open(dest, "wb") as out:
-            return compact(inputs, out, compress=compress)
+            return compact(inputs, out, compress=compress, trusted=True)
 
 
 class Store:
