@@ -81,35 +81,46 @@ def _skip(f: BinaryIO, n: int) -> None:
         n -= len(chunk)
 
 
+def _extend(src: bytes, si: int, length: int) -> tuple[int, int]:
+    """A literal or match length of 15 goes on in the bytes at ``si``, each 255 adding and asking
+    for one more: the whole length and the index after it (IndexError if the input ends inside)."""
+    while True:
+        x = src[si]
+        si += 1
+        length += x
+        if x != 255:
+            return length, si
+
+
+def _token(src: bytes, si: int) -> tuple[int, int, int]:
+    """The sequence token at ``si``: the token, its literal count and the index after them."""
+    token = src[si]
+    literals = token >> 4
+    if literals == 15:
+        literals, si = _extend(src, si + 1, literals)
+        return token, literals, si
+    return token, literals, si + 1
+
+
 def _go_rules_hold(src: bytes) -> bool:
     """Whether a block that liblz4 decoded also passes the two checks the reference makes and
     liblz4 does not: no match offset is 0, and the last token has no match length when the
     input ends after its literals. Walks the tokens only (the caller already has the output)."""
     n = len(src)
     si = 0
-    while si < n:
-        token = src[si]
-        si += 1
-        literals = token >> 4
-        if literals == 15:
-            while si < n:
-                x = src[si]
-                si += 1
-                literals += x
-                if x != 255:
-                    break
-        si += literals
-        if si >= n:
-            return si == n and not token & 15
-        if si + 2 > n or not (src[si] or src[si + 1]):
-            return False
-        si += 2
-        if token & 15 == 15:
-            while si < n:
-                x = src[si]
-                si += 1
-                if x != 255:
-                    break
+    try:
+        while si < n:
+            token, literals, si = _token(src, si)
+            si += literals
+            if si >= n:
+                return si == n and not token & 15
+            if si + 2 > n or not (src[si] or src[si + 1]):
+                return False
+            si += 2
+            if token & 15 == 15:
+                _, si = _extend(src, si, 15)
+    except IndexError:
+        return False
     return True
 
 
@@ -129,16 +140,7 @@ def decode_block(src: bytes, capacity: int, dictionary: bytes = b"") -> bytes:
     si = 0
     try:
         while si < n:
-            token = src[si]
-            si += 1
-            literals = token >> 4
-            if literals == 15:
-                while True:
-                    x = src[si]
-                    si += 1
-                    literals += x
-                    if x != 255:
-                        break
+            token, literals, si = _token(src, si)
             if si + literals > n or len(out) + literals > capacity:
                 raise LTXError(_CORRUPT)
             out += src[si : si + literals]
@@ -155,12 +157,7 @@ def decode_block(src: bytes, capacity: int, dictionary: bytes = b"") -> bytes:
             if offset == 0:
                 raise LTXError(_CORRUPT)
             if length == 15:
-                while True:
-                    x = src[si]
-                    si += 1
-                    length += x
-                    if x != 255:
-                        break
+                length, si = _extend(src, si, length)
             length += _MIN_MATCH
             if len(out) + length > capacity:
                 raise LTXError(_CORRUPT)
