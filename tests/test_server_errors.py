@@ -229,7 +229,10 @@ async def test_truncated_body(server: Server, client: Client, seeded: tuple[Mode
         (1, "decode header: unexpected EOF"),
         (HEADER_SIZE - 1, "decode header: unexpected EOF"),
         (HEADER_SIZE, "close reader: cannot close, expected page"),
-        (HEADER_SIZE + 7, "decode page 0: unexpected EOF"),
+        # The LZ4 frame descriptor is 7 bytes: the input ends where the first block size would start,
+        # which the reference reads as the end of the frame (ltx-handmade fixtures, truncation cases).
+        (HEADER_SIZE + 7, "close reader: cannot close, expected page"),
+        (HEADER_SIZE + 9, "decode page 0: unexpected EOF"),
         (len(body) // 2, "decode page 0: unexpected EOF"),
         (len(body) - TRAILER_SIZE - 2, "decode page 2: expected lz4 end frame"),  # in the frame checksum
         (len(body) - TRAILER_SIZE, "close reader: EOF"),
