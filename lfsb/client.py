@@ -55,11 +55,16 @@ def target_params(txid: str | None = None, timestamp: str | None = None) -> dict
 
 
 class Client:
-    """Talks to one lfsb server as one cluster (``Authorization: cluster <name>``)."""
+    """Talks to one lfsb server with a token (``Authorization: <token>``; then ``cluster`` is sent as the
+    ``cluster`` query parameter, which the root token needs), or without one as a cluster in open mode
+    (``Authorization: cluster <name>``)."""
 
-    def __init__(self, endpoint: str, cluster: str, timeout: float | None = None) -> None:
+    def __init__(
+        self, endpoint: str, cluster: str | None, token: str | None = None, timeout: float | None = None
+    ) -> None:
         self.url = base_url(endpoint)
         self.cluster = cluster
+        self.token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=10)
         self._session: aiohttp.ClientSession | None = None
 
@@ -76,12 +81,15 @@ class Client:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
+            authorization = self.token or f"cluster {self.cluster}"
             self._session = aiohttp.ClientSession(
-                timeout=self._timeout, headers={"Authorization": f"cluster {self.cluster}"}
+                timeout=self._timeout, headers={"Authorization": authorization}
             )
         return self._session
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        if self.token and self.cluster:
+            kwargs["params"] = {"cluster": self.cluster, **kwargs.get("params", {})}
         try:
             resp = await self._http().request(method, self.url + path, **kwargs)
         except aiohttp.ClientConnectorError as e:
@@ -167,6 +175,39 @@ class Client:
         """``DELETE /db``: remove a database and all its backups."""
         resp = await self._request("DELETE", "/db", params={"db": db})
         resp.release()
+
+    async def deleted(self) -> list[dict[str, str]]:
+        """``GET /deleted``: the deleted databases that can still be brought back."""
+        return await self._json("GET", "/deleted")
+
+    async def undelete(self, db: str) -> dict[str, str]:
+        """``POST /db/undelete``: bring back the newest deleted copy of a database."""
+        return await self._json("POST", "/db/undelete", params={"db": db})
+
+    async def purge(self, db: str) -> int:
+        """``DELETE /db?purge=true``: remove a database and every deleted copy of it for good."""
+        return (await self._json("DELETE", "/db", params={"db": db, "purge": "true"}))["purged"]
+
+    async def create_token(self, role: str, note: str = "", expires: str | None = None) -> dict[str, Any]:
+        """``POST /tokens``: a new token of the cluster (its text is in ``token``, shown this once)."""
+        params = {
+            "role": role,
+            **({"note": note} if note else {}),
+            **({"expires": expires} if expires else {}),
+        }
+        return await self._json("POST", "/tokens", params=params)
+
+    async def tokens(self) -> list[dict[str, Any]]:
+        """``GET /tokens``: the tokens of the cluster (every cluster's for the root token without one)."""
+        return await self._json("GET", "/tokens")
+
+    async def revoke_token(self, token_id: str) -> dict[str, Any]:
+        """``DELETE /tokens``: revoke a token."""
+        return await self._json("DELETE", "/tokens", params={"id": token_id})
+
+    async def audit(self, since: str | None = None) -> list[dict[str, Any]]:
+        """``GET /audit``: the audit log, oldest first."""
+        return await self._json("GET", "/audit", params={"since": since} if since else {})
 
     async def reset_cluster_id(self) -> bool:
         """``POST /cluster/reset-id``: forget the pinned LiteFS cluster ID; whether one was pinned."""

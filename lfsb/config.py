@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .store.access import MIN_ADMIN_TOKEN
 from .store.levels import Level, config_error, parse_duration, parse_levels
 
 DEFAULT_LEVELS = "1=10s/1h,2=5m/30d,3=1h/30d"
@@ -92,6 +93,12 @@ class Config:
     disk_reserve: int = 256 * 2**20
     log_level: str = "info"
     log_format: str = "text"
+    auth: str | None = None
+    """``LFSB_AUTH``: ``open`` or ``tokens``; None: tokens by the rules of protected mode."""
+    admin_token: str | None = field(default=None, repr=False)
+    """``LFSB_ADMIN_TOKEN``: the root token, admin of every cluster."""
+    delete_grace: float = 7 * 86400.0
+    """``LFSB_DELETE_GRACE``: seconds a deleted database can be brought back before it is purged."""
 
     @property
     def loopback(self) -> bool:
@@ -128,6 +135,17 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
     max_exports = env.get("LFSB_MAX_EXPORTS", "4")
     if not max_exports.isdigit() or int(max_exports) < 1:
         raise config_error(f"LFSB_MAX_EXPORTS: {max_exports!r} is not a whole number of at least 1")
+    auth = env.get("LFSB_AUTH", "").lower() or None
+    if auth not in (None, "open", "tokens"):
+        raise config_error(f"LFSB_AUTH: {auth!r} is not open or tokens")
+    admin_token = env.get("LFSB_ADMIN_TOKEN") or None
+    if admin_token is not None and (
+        len(admin_token) < MIN_ADMIN_TOKEN or not admin_token.isprintable() or " " in admin_token
+    ):
+        raise config_error(
+            f"LFSB_ADMIN_TOKEN: must be at least {MIN_ADMIN_TOKEN} printable characters without spaces"
+            " (make one with `openssl rand -hex 32`)"
+        )  # the value itself is never repeated
     return Config(
         data_path=Path(str(data_path)),
         host=host,
@@ -146,4 +164,7 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         disk_reserve=parse_size(env.get("LFSB_DISK_RESERVE", "256MiB"), "LFSB_DISK_RESERVE"),
         log_level=log_level,
         log_format=log_format,
+        auth=auth,
+        admin_token=admin_token,
+        delete_grace=parse_duration(env.get("LFSB_DELETE_GRACE", "7d"), "LFSB_DELETE_GRACE"),
     )

@@ -8,6 +8,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import sentry_sdk
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -47,6 +48,9 @@ class Metrics:
         )
         self.compaction_seconds = Histogram(
             "lfsb_compaction_duration_seconds", "Duration of one compaction step.", ["level"], registry=r
+        )
+        self.auth_failures = Counter(
+            "lfsb_auth_failures", "Refused authentications, by reason.", ["reason"], registry=r
         )
         self.storage_errors = Counter(
             "lfsb_storage_errors",
@@ -105,10 +109,13 @@ class _StateCollector(Collector):
             for level, count, total in rows:
                 files.add_metric([str(level)], count)
                 size.add_metric([str(level)], total)
-            for cluster, name, txid, hwm in conn.execute("SELECT cluster, name, txid, hwm FROM databases"):
+            for cluster, name, txid, hwm in conn.execute(
+                "SELECT cluster, name, txid, hwm FROM databases WHERE deleted_at IS NULL"
+            ):
                 lag.add_metric([cluster, name], txid - hwm)
             (waiting,) = conn.execute(
-                "SELECT COUNT(*) FROM databases d WHERE d.txid > (SELECT COALESCE(MAX(max_txid), 0)"
+                "SELECT COUNT(*) FROM databases d WHERE d.deleted_at IS NULL"
+                " AND d.txid > (SELECT COALESCE(MAX(max_txid), 0)"
                 " FROM remote_files WHERE db_id = d.id AND level = 1)"
             ).fetchone()
             pending.add_metric(["1"], waiting)
@@ -128,9 +135,31 @@ def init_sentry(dsn: str | None) -> bool:
         return False
     from sentry_sdk.integrations.aiohttp import AioHttpIntegration
 
-    sentry_sdk.init(dsn=dsn, integrations=[AioHttpIntegration()], shutdown_timeout=2, traces_sample_rate=0)
+    sentry_sdk.init(
+        dsn=dsn,
+        integrations=[AioHttpIntegration()],
+        shutdown_timeout=2,
+        traces_sample_rate=0,
+        send_default_pii=False,
+        before_send=scrub_event,
+    )
     log.info("sentry enabled")
     return True
+
+
+SECRET_HEADERS = frozenset({"authorization", "cookie", "x-csrf-token"})
+
+
+def scrub_event(event: dict[str, Any], hint: object = None) -> dict[str, Any]:
+    """Sentry's ``before_send``: no token or cookie leaves the server in an event."""
+    request = event.get("request") or {}
+    headers = request.get("headers")
+    if isinstance(headers, dict):
+        for key in list(headers):
+            if key.lower() in SECRET_HEADERS:
+                headers[key] = "[Filtered]"
+    request.pop("cookies", None)
+    return event
 
 
 def report_exception(exc: BaseException, **tags: str) -> None:

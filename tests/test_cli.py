@@ -25,7 +25,7 @@ from click.testing import CliRunner, Result
 from lfsb.cli import main
 from lfsb.ltx import format_txid, verify
 from lfsb.server.main import Server
-from tests.lfsb_server import check_sqlite, write_history
+from tests.lfsb_server import check_sqlite, lfsb_json, write_history
 from tests.litefs import LiteFSEmulator, SyncError
 
 CLUSTER = "test"
@@ -274,17 +274,28 @@ async def test_delete_asks_first(server: Server, node: LiteFSEmulator) -> None:
 
     result = await lfsb(server, "delete", "db", input="n\n")
     assert result.exit_code == 1
-    assert "Delete database 'db' of cluster 'test' and all its backups? [y/N]" in result.stderr
+    question = "Delete database 'db' of cluster 'test' (recoverable with `lfsb undelete` until it is purged)?"
+    assert question in result.stderr
     assert "Aborted!" in result.stderr
     assert list(json.loads((await lfsb(server, "list", "--json")).stdout)) == ["db"]
     assert await server.objects.list_databases(CLUSTER) == ["db"]
 
     result = await lfsb(server, "delete", "db", "--yes")
-    assert result.exit_code == 0 and result.stderr == "deleted db\n"
+    assert result.exit_code == 0 and result.stderr == "deleted db (recoverable with `lfsb undelete db`)\n"
     assert json.loads((await lfsb(server, "list", "--json")).stdout) == {}
-    assert await server.objects.list_databases(CLUSTER) == []
+    [copy] = await lfsb_json(server, "list", "--deleted")
+    [kept] = await server.objects.list_databases(CLUSTER)  # moved aside, under a name no client can use
+    assert (copy["name"], kept[:3]) == ("db", "db@")
     result = await lfsb(server, "delete", "db", "-y")
     assert (result.exit_code, result.stderr) == (1, "Error: database not found [ENODB]\n")
+
+    result = await lfsb(server, "delete", "db", "--purge", input="n\n")
+    assert "Remove database 'db' of cluster 'test' and every backup of it for good?" in result.stderr
+    assert result.exit_code == 1 and await lfsb_json(server, "list", "--deleted") != []
+    result = await lfsb(server, "delete", "db", "--purge", "-y")
+    assert (result.exit_code, result.stderr) == (0, "purged db (1 copy)\n")
+    assert await lfsb_json(server, "list", "--deleted") == []
+    assert await server.objects.list_databases(CLUSTER) == []
 
 
 async def test_cluster_reset_id(server: Server, node: LiteFSEmulator, tmp_path: Path) -> None:

@@ -466,14 +466,22 @@ async def test_body_too_large(start_server: Callable[..., object], chunked: bool
 )
 async def test_invalid_authorization(client: Client, authorization: str) -> None:
     reply = await client.fetch("GET", "/pos", headers={"Authorization": authorization})
-    error(reply, 401, "EINVALIDAUTH", "authorization header invalid format")
+    message = "authorization header invalid format" if authorization else MISSING_AUTHORIZATION
+    error(reply, 401, "EUNAUTHORIZED", message)
+
+
+MISSING_AUTHORIZATION = "authorization required: send a token in the Authorization header"
 
 
 async def test_missing_authorization(client: Client) -> None:
-    for method, path in [("GET", "/pos"), ("POST", "/db/tx?db=db"), ("GET", "/no/such/route")]:
+    for method, path in [("GET", "/pos"), ("POST", "/db/tx?db=db")]:
         async with client.session.request(method, client.url + path) as resp:
             reply = Reply(resp.status, await resp.json(), await resp.read(), resp.headers)
-        error(reply, 401, "EINVALIDAUTH", "authorization header invalid format")
+        error(reply, 401, "EUNAUTHORIZED", MISSING_AUTHORIZATION)
+    # A path no route serves is a 404 whoever asks: it tells nothing about clusters or databases.
+    async with client.session.request("GET", client.url + "/no/such/route") as resp:
+        reply = Reply(resp.status, await resp.json(), await resp.read(), resp.headers)
+    error(reply, 404, "ENOTFOUND")
 
 
 @pytest.mark.parametrize(
@@ -535,6 +543,7 @@ async def test_storage_errors_are_503_with_retry_after(
         raise StorageError("connection refused")
 
     monkeypatch.setattr(server.store.objects, "list_levels", unavailable)
+    monkeypatch.setattr(server.store.objects, "upload", unavailable)  # a delete uploads L0 first
     reply = await client.fetch("DELETE", "/db?db=db")
     error(reply, 503, "ESTORAGE", "object storage unavailable: connection refused")
     assert reply.headers["Retry-After"] == str(server_app.RETRY_AFTER)

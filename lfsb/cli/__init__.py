@@ -17,7 +17,7 @@ except PackageNotFoundError:  # run from a source tree that is not installed
 @click.group()
 @click.version_option(_VERSION, prog_name="lfsb")
 @connection_options
-def main(cluster: str | None, endpoint: str | None) -> None:
+def main(cluster: str | None, endpoint: str | None, token: str | None) -> None:
     """lfsb: a backup server for SQLite databases replicated by LiteFS."""
 
 

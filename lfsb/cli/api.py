@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from ..client import DEFAULT_ENDPOINT, APIError, Client
-from ..ltx import LTXError, format_txid, parse_timestamp
+from ..ltx import LTXError, format_timestamp, format_txid, parse_timestamp
 from .ltx import error_message
 from .output import print_fields, print_json, print_table
 
@@ -27,27 +27,39 @@ JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 
 def connection_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--cluster/-c`` and ``--endpoint/-e`` (on the root group, and again on each command)."""
+    """``--cluster/-c``, ``--endpoint/-e`` and ``--token/-t`` (on the root group, and again on each
+    command)."""
+    f = click.option(
+        "-t",
+        "--token",
+        help="The token to send (a cluster's token, or the root token) [env LFSB_TOKEN].",
+    )(f)
     f = click.option(
         "-e", "--endpoint", help=f"The lfsb server [env LFSB_ENDPOINT; default {DEFAULT_ENDPOINT}]."
     )(f)
-    return click.option("-c", "--cluster", help="The cluster to act on [env LFSB_CLUSTER].")(f)
+    return click.option(
+        "-c", "--cluster", help="The cluster to act on; a cluster's token implies it [env LFSB_CLUSTER]."
+    )(f)
 
 
 def api_command(f: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
-    """Run an async command with a :class:`Client`; API errors become one ``Error:`` line, exit 1."""
+    """Run an async command with a :class:`Client`; API errors become one ``Error:`` line, exit 1. A
+    command's ``cluster_name`` argument, if it has one, names the cluster too."""
 
     @connection_options
     @functools.wraps(f)
-    def wrapper(cluster: str | None, endpoint: str | None, **kwargs: Any) -> T:
+    def wrapper(cluster: str | None, endpoint: str | None, token: str | None, **kwargs: Any) -> T:
         root = click.get_current_context().find_root().params
-        cluster = cluster or root.get("cluster") or os.environ.get("LFSB_CLUSTER")
+        cluster = (
+            kwargs.get("cluster_name") or cluster or root.get("cluster") or os.environ.get("LFSB_CLUSTER")
+        )
         endpoint = endpoint or root.get("endpoint") or os.environ.get("LFSB_ENDPOINT") or DEFAULT_ENDPOINT
-        if not cluster:
-            raise click.UsageError("cluster must be specified (--cluster or LFSB_CLUSTER)")
+        token = token or root.get("token") or os.environ.get("LFSB_TOKEN") or None
+        if not cluster and not token:
+            raise click.UsageError("cluster must be specified (--cluster or LFSB_CLUSTER), or a token")
 
         async def _run() -> T:
-            async with Client(endpoint, cluster) as client:
+            async with Client(endpoint, cluster, token) as client:
                 return await f(client, **kwargs)
 
         try:
@@ -113,10 +125,21 @@ def _progress(label: str) -> Callable[[int | None], Callable[[int], None]]:
 
 
 @click.command("list")
+@click.option("--deleted", is_flag=True, help="The deleted databases that can still be brought back.")
 @JSON_OPTION
 @api_command
-async def list_cmd(client: Client, as_json: bool) -> None:
-    """List the databases of the cluster with their positions."""
+async def list_cmd(client: Client, deleted: bool, as_json: bool) -> None:
+    """List the databases of the cluster with their positions (or the deleted ones)."""
+    if deleted:
+        copies = await client.deleted()
+        if as_json:
+            print_json(copies)
+            return
+        print_table(
+            ["DATABASE", "TXID", "DELETED", "PURGED AFTER"],
+            [[d["name"], d["txID"], d["deletedAt"], d["purgeAt"]] for d in copies],
+        )
+        return
     positions = dict(sorted((await client.positions()).items()))
     if as_json:
         print_json({name: pos.to_json() for name, pos in positions.items()})
@@ -243,15 +266,38 @@ async def restore(
 @click.command()
 @click.argument("db")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--purge", is_flag=True, help="Remove it and every deleted copy of it for good, now.")
 @api_command
-async def delete(client: Client, db: str, yes: bool) -> None:
-    """Delete a database and every backup of it."""
-    if not yes and not click.confirm(
-        f"Delete database {db!r} of cluster {client.cluster!r} and all its backups?", err=True
-    ):
+async def delete(client: Client, db: str, yes: bool, purge: bool) -> None:
+    """Delete a database: it can be brought back with `lfsb undelete` until its grace period
+    (LFSB_DELETE_GRACE) is over; with --purge, it is gone at once."""
+    where = f"of cluster {client.cluster!r} " if client.cluster else ""
+    question = (
+        f"Remove database {db!r} {where}and every backup of it for good? This cannot be undone."
+        if purge
+        else f"Delete database {db!r} {where}(recoverable with `lfsb undelete` until it is purged)?"
+    )
+    if not yes and not click.confirm(question, err=True):
         raise click.Abort()
+    if purge:
+        copies = await client.purge(db)
+        click.echo(f"purged {db} ({copies} {'copy' if copies == 1 else 'copies'})", err=True)
+        return
     await client.delete(db)
-    click.echo(f"deleted {db}", err=True)
+    click.echo(f"deleted {db} (recoverable with `lfsb undelete {db}`)", err=True)
+
+
+@click.command()
+@click.argument("db")
+@JSON_OPTION
+@api_command
+async def undelete(client: Client, db: str, as_json: bool) -> None:
+    """Bring back a deleted database (its newest deleted copy) with its whole history."""
+    data = await client.undelete(db)
+    if as_json:
+        print_json({"database": db, "txID": data["txID"]})
+    else:
+        print_fields("db undeleted", [("database", db), ("txid", data["txID"])])
 
 
 @click.group()
@@ -273,4 +319,86 @@ async def reset_id(client: Client, as_json: bool) -> None:
         )
 
 
-COMMANDS = [list_cmd, info, export, import_cmd, restore, delete, cluster]
+def _time(ms: int | None) -> str:
+    return format_timestamp(ms)[:19] + "Z" if ms is not None else "-"
+
+
+@click.group()
+def token() -> None:
+    """Create, list and revoke access tokens (admin)."""
+
+
+@token.command("create")
+@click.argument("cluster_name", metavar="CLUSTER")
+@click.option("--role", type=click.Choice(["replica", "read", "admin"]), required=True)
+@click.option("--note", default="", help="What the token is for (shown by `lfsb token list`).")
+@click.option("--expires", help="Lifetime, e.g. 90d or 12h (default: never).")
+@JSON_OPTION
+@api_command
+async def token_create(
+    client: Client, cluster_name: str, role: str, note: str, expires: str | None, as_json: bool
+) -> None:
+    """Create a token for CLUSTER; it is printed once, never shown again."""
+    data = await client.create_token(role, note, expires)
+    if as_json:
+        print_json(data)
+        return
+    print_fields(
+        "token created",
+        [("id", data["id"]), ("cluster", data["cluster"]), ("role", data["role"]),
+         ("expires", _time(data["expiresAt"]))],
+    )  # fmt: skip
+    click.echo(data["token"])
+    click.echo("Store it now (e.g. as LITEFS_CLOUD_TOKEN): it is not shown again.", err=True)
+
+
+@token.command("list")
+@click.argument("cluster_name", metavar="[CLUSTER]", required=False)
+@JSON_OPTION
+@api_command
+async def token_list(client: Client, cluster_name: str | None, as_json: bool) -> None:
+    """List the tokens of CLUSTER (the root token without one: of every cluster); never a secret."""
+    tokens = await client.tokens()
+    if as_json:
+        print_json(tokens)
+        return
+    print_table(
+        ["ID", "CLUSTER", "ROLE", "STATE", "NOTE", "CREATED", "LAST USED", "EXPIRES"],
+        [[t["id"], t["cluster"], t["role"], t["state"], t["note"], _time(t["createdAt"]),
+          _time(t["lastUsedAt"]), _time(t["expiresAt"])] for t in tokens],
+    )  # fmt: skip
+
+
+@token.command("revoke")
+@click.argument("token_id", metavar="ID")
+@JSON_OPTION
+@api_command
+async def token_revoke(client: Client, token_id: str, as_json: bool) -> None:
+    """Revoke a token: the next request with it is refused."""
+    data = await client.revoke_token(token_id)
+    if as_json:
+        print_json(data)
+    else:
+        print_fields("token revoked", [("id", data["id"]), ("cluster", data["cluster"])])
+
+
+@click.command()
+@click.option("--since", help="Only entries at or after this time, e.g. 2024-06-08T00:00:00Z.")
+@JSON_OPTION
+@api_command
+async def audit(client: Client, since: str | None, as_json: bool) -> None:
+    """Show the audit log of admin actions (the root token without a cluster: of every cluster)."""
+    if since:
+        check_target(None, since, required=False)
+    entries = await client.audit(since)
+    if as_json:
+        print_json(entries)
+        return
+    print_table(
+        ["TIME", "ACTION", "OUTCOME", "CLUSTER", "DATABASE", "TOKEN", "REMOTE", "DETAIL"],
+        [[_time(e["time"]), e["action"], e["outcome"], e["cluster"], e["database"], e["tokenId"] or "-",
+          e["remote"], e["detail"]] for e in entries],
+    )  # fmt: skip
+
+
+COMMANDS = [list_cmd, info, export, import_cmd, restore, delete, undelete, cluster, token, audit]

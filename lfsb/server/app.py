@@ -20,15 +20,23 @@ from ..ltx import LTXError, decode_database, format_timestamp, format_txid, pars
 from ..names import validate_cluster, validate_cluster_id, validate_database
 from ..observability import CONTENT_TYPE, report_exception, timed
 from ..storage import StorageError
+from ..store import audit, deletion
+from ..store.access import Principal, Role, forbidden
+from ..store.audit import AuditEntry
+from ..store.db import now_ms
+from ..store.levels import parse_duration
 from ..store.plan import Point, point_at, point_before, restorable_points
 from ..store.records import Database
 from ..store.restore import import_database, restore
 from ..store.store import Store
+from .roles import ALL_CLUSTER_ROUTES, AUDITED, POINT_IN_TIME_ROLE, PUBLIC_ROUTES, ROUTE_ROLES, Route
 
 log = logging.getLogger(__name__)
 
 STORE_KEY = web.AppKey("store", Store)
 CLUSTER_KEY = web.RequestKey("cluster", str)
+PRINCIPAL_KEY = web.RequestKey("principal", Principal)
+AUDIT_DETAIL_KEY = web.RequestKey("audit_detail", str)
 STREAM_CHUNK = 256 * 1024
 BODY_BUFFER = 1024 * 1024
 BODY_IDLE_TIMEOUT = 60.0
@@ -43,7 +51,6 @@ BODY_MEMORY = 64 * 1024 * 1024
 """Bytes of all bodies held in memory at once; past it, bodies spill to disk at once."""
 RETRY_AFTER = 5
 """Seconds a client is asked to wait after a 503 (storage down, or a limit reached for now)."""
-PUBLIC_PATHS = frozenset({"/healthz", "/metrics"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -204,27 +211,121 @@ def _client_gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
-def cluster_from_authorization(value: str | None) -> str:
-    """The cluster of ``Authorization: cluster <name>`` (upstream §1.3), validated."""
-    parts = (value or "").split(" ")
-    if len(parts) != 2 or parts[0].lower() != "cluster":
-        raise LfsbError(Kind.AUTH, "EINVALIDAUTH", "authorization header invalid format")
-    return validate_cluster(parts[1])
+def route_of(request: web.Request) -> Route | None:
+    """(method, path) of the route a request matched (``DELETE /db/`` is ``DELETE /db``); None when it
+    matched none (a 404 or 405 follows, which tells nothing about clusters)."""
+    if request.match_info.http_exception is not None:
+        return None
+    path = request.match_info.route.resource.canonical  # type: ignore[union-attr]
+    return request.method, path.rstrip("/") or "/"
+
+
+def request_cluster(request: web.Request, principal: Principal, route: Route) -> str | None:
+    """The cluster a request acts on: the token's, or for the root token the ``cluster`` query parameter
+    (None on the routes that may cover every cluster). A ``cluster`` parameter naming another cluster
+    than the token's is refused with 403."""
+    named = request.query.get("cluster")
+    if named is not None:
+        named = validate_cluster(named)
+    if principal.cluster is None:
+        if named is None and route not in ALL_CLUSTER_ROUTES:
+            raise bad_input("cluster required: the admin token acts on every cluster, so name one (cluster=)")
+        return named
+    if named is not None and named != principal.cluster:
+        raise forbidden("this token belongs to another cluster")
+    return principal.cluster
+
+
+def least_role(request: web.Request, route: Route) -> Role:
+    """The role ``route`` needs for this request (``ROUTE_ROLES``; more for a snapshot of a past point)."""
+    role = ROUTE_ROLES[route]
+    if route == ("GET", "/db/snapshot"):
+        txid = request.query.get("txid", "")
+        if "timestamp" in request.query or txid.strip("0"):
+            role = max(role, POINT_IN_TIME_ROLE)
+    return role
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Require ``Authorization: cluster <name>`` and hold the cluster to its pinned LiteFS cluster ID."""
-    if request.path in PUBLIC_PATHS:
+    """Map ``Authorization`` to a principal, refuse what its role or cluster does not allow (401, 403,
+    429 after repeated failures from one address), hold a cluster to its pinned LiteFS cluster ID, and
+    write admin actions to the audit log."""
+    route = route_of(request)
+    if route is None or route in PUBLIC_ROUTES:
         return await handler(request)
-    cluster = cluster_from_authorization(request.headers.get("Authorization"))
-    request[CLUSTER_KEY] = cluster
-    sentry_sdk.set_tag("cluster", cluster)
-    if "db" in request.query:
-        sentry_sdk.set_tag("database", request.query["db"])
+    store = request.app[STORE_KEY]
+    access = store.access
+    remote = request.remote or ""
+    if access.failures.limited(remote):
+        raise LfsbError(
+            Kind.RATE_LIMITED,
+            "ERATELIMIT",
+            "too many failed authentications from this address: wait a minute",
+        )
+    try:
+        principal = access.authenticate(request.headers.get(hdrs.AUTHORIZATION))
+    except LfsbError:
+        access.failures.add(remote)
+        log.warning("authentication failed remote=%s method=%s path=%s", remote, request.method, request.path)
+        raise
+    request[PRINCIPAL_KEY] = principal
+    action = AUDITED.get(route)
+    if action == "delete" and parse_flag(request, "purge"):
+        action = "purge"
+    cluster = None
+    try:
+        cluster = request_cluster(request, principal, route)
+        if cluster is not None:
+            request[CLUSTER_KEY] = cluster
+            sentry_sdk.set_tag("cluster", cluster)
+        if "db" in request.query:
+            sentry_sdk.set_tag("database", request.query["db"])
+        if not principal.allows(cluster, least_role(request, route)):
+            raise forbidden()
+        if cluster is not None:
+            await _check_cluster_id(request, store, principal, cluster)
+        response = await handler(request)
+    except Exception as e:
+        code = _as_lfsb_error(e, request).code
+        if action is not None or code == "EFORBIDDEN":
+            await _audit(request, action, principal, cluster, code)
+        raise
+    if action is not None:
+        await _audit(request, action, principal, cluster, "ok")
+    return response
+
+
+async def _check_cluster_id(request: web.Request, store: Store, principal: Principal, cluster: str) -> None:
+    """Pin the first ``Litefs-Cluster-Id`` seen for a cluster and hold it to it; a replica must send it
+    once the cluster is pinned (an admin may act on the cluster without it)."""
     if cluster_id := request.headers.get("Litefs-Cluster-Id"):
-        await request.app[STORE_KEY].check_cluster_id(cluster, validate_cluster_id(cluster_id))
-    return await handler(request)
+        await store.check_cluster_id(cluster, validate_cluster_id(cluster_id))
+    elif principal.role == Role.REPLICA and await store.pinned_cluster_id(cluster) is not None:
+        raise LfsbError(
+            Kind.UNPROCESSABLE,
+            "ECLUSTERID",
+            f"cluster {cluster!r} is pinned to a LiteFS cluster ID: send it in Litefs-Cluster-Id",
+        )
+
+
+async def _audit(
+    request: web.Request, action: str | None, principal: Principal, cluster: str | None, outcome: str
+) -> None:
+    """Record an admin action (and any refusal of a valid token) in the audit log."""
+    await audit.record(
+        request.app[STORE_KEY].meta,
+        AuditEntry(
+            now_ms(),
+            principal.token_id,
+            request.remote or "",
+            action or f"{request.method} {request.path}",
+            cluster or request.query.get("cluster") or principal.cluster or "*",
+            request.query.get("db", ""),
+            outcome,
+            request.get(AUDIT_DETAIL_KEY, ""),
+        ),
+    )
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -508,10 +609,103 @@ async def post_upload(request: web.Request) -> web.Response:
 
 
 async def delete_db(request: web.Request) -> web.Response:
-    """``DELETE /db?db=``: remove the database, its L0 files and every file in storage."""
+    """``DELETE /db?db=[&purge=true]``: delete the database, recoverable for ``LFSB_DELETE_GRACE``
+    (``lfsb undelete``); with ``purge``, remove it and every deleted copy of that name for good."""
     store = request.app[STORE_KEY]
-    await store.delete_database(request[CLUSTER_KEY], db_name(request))
-    return web.Response()
+    cluster, name = request[CLUSTER_KEY], db_name(request)
+    if parse_flag(request, "purge"):
+        purged = await deletion.purge(store, cluster, name)
+        request[AUDIT_DETAIL_KEY] = f"copies={purged}"
+        return json_response({"purged": purged})
+    deleted = await deletion.soft_delete(store, cluster, name)
+    request[AUDIT_DETAIL_KEY] = f"txid={format_txid(deleted.txid)}"
+    return json_response(deleted_json(deleted, store.config.delete_grace))
+
+
+def deleted_json(db: Database, grace: float) -> dict[str, Any]:
+    """A deleted database as ``GET /deleted`` lists it."""
+    return {
+        "name": (deletion.parse_deleted_name(db.name) or (db.name,))[0],
+        "deletedAt": go_time(db.deleted_at or 0),
+        "purgeAt": go_time((db.deleted_at or 0) + int(grace * 1000)),
+        "txID": format_txid(db.txid),
+    }
+
+
+async def get_deleted(request: web.Request) -> web.Response:
+    """``GET /deleted``: the deleted databases of the cluster that can still be brought back."""
+    store = request.app[STORE_KEY]
+    deleted = await deletion.deleted_databases(store, request[CLUSTER_KEY])
+    return json_response([deleted_json(db, store.config.delete_grace) for db in deleted])
+
+
+async def post_undelete(request: web.Request) -> web.Response:
+    """``POST /db/undelete?db=``: bring back the newest deleted copy of a database, its whole history."""
+    store = request.app[STORE_KEY]
+    db = await deletion.undelete(store, request[CLUSTER_KEY], db_name(request))
+    request[AUDIT_DETAIL_KEY] = f"txid={format_txid(db.txid)}"
+    return json_response({"name": db.name, "txID": format_txid(db.txid)})
+
+
+MAX_NOTE = 200
+
+
+async def post_token(request: web.Request) -> web.Response:
+    """``POST /tokens?role=[&note=][&expires=90d]``: a new token of the cluster, shown this once."""
+    store = request.app[STORE_KEY]
+    cluster = request[CLUSTER_KEY]
+    role = Role.parse(request.query.get("role", ""))
+    note = request.query.get("note", "")
+    if len(note) > MAX_NOTE or not note.isprintable():
+        raise bad_input(f"note: at most {MAX_NOTE} printable characters")
+    expires_at = None
+    if expires := request.query.get("expires"):
+        try:
+            seconds = parse_duration(expires, "expires")
+        except LfsbError as e:
+            raise bad_input(e.message) from None
+        if seconds <= 0:
+            raise bad_input("expires: must be greater than zero")
+        expires_at = now_ms() + int(seconds * 1000)
+    token, text = await store.access.create(cluster, role, note, expires_at)
+    request[AUDIT_DETAIL_KEY] = f"token={token.id} role={role}"
+    return json_response({**token.to_json(now_ms()), "token": text})
+
+
+async def get_tokens(request: web.Request) -> web.Response:
+    """``GET /tokens``: the tokens of the cluster (the root token without a cluster: all); no secrets."""
+    access = request.app[STORE_KEY].access
+    now = now_ms()
+    return json_response([t.to_json(now) for t in access.list(request.get(CLUSTER_KEY))])
+
+
+async def delete_token(request: web.Request) -> web.Response:
+    """``DELETE /tokens?id=``: revoke a token of the cluster (404 ``ENOTOKEN`` for any other ID)."""
+    access = request.app[STORE_KEY].access
+    token_id = request.query.get("id", "")
+    request[AUDIT_DETAIL_KEY] = f"token={token_id[:16]}"
+    token = access.find(token_id)
+    if token is None or request.get(CLUSTER_KEY, token.cluster) != token.cluster:
+        raise LfsbError(Kind.NOT_FOUND, "ENOTOKEN", "no such token in this cluster")
+    return json_response((await access.revoke(token_id)).to_json(now_ms()))
+
+
+MAX_AUDIT = 10_000
+
+
+async def get_audit(request: web.Request) -> web.Response:
+    """``GET /audit[?since=T][&limit=N]``: the audit log of the cluster (root without a cluster: all)."""
+    since = 0
+    if text := request.query.get("since"):
+        try:
+            since = parse_timestamp(text)
+        except LTXError as e:
+            raise bad_input(str(e)) from None
+    limit = request.query.get("limit", "1000")
+    if not limit.isdigit() or not 0 < int(limit) <= MAX_AUDIT:
+        raise bad_input(f"limit: a whole number from 1 to {MAX_AUDIT}")
+    found = await audit.entries(request.app[STORE_KEY].meta, request.get(CLUSTER_KEY), since, int(limit))
+    return json_response([e.to_json() for e in found])
 
 
 async def post_reset_cluster_id(request: web.Request) -> web.Response:
@@ -577,6 +771,12 @@ def create_app(store: Store, serve_metrics: bool) -> web.Application:
     app.router.add_delete("/db", delete_db)
     app.router.add_delete("/db/", delete_db)
     app.router.add_post("/cluster/reset-id", post_reset_cluster_id, expect_handler=expect_continue)
+    app.router.add_get("/deleted", get_deleted, allow_head=False)
+    app.router.add_post("/db/undelete", post_undelete, expect_handler=expect_continue)
+    app.router.add_post("/tokens", post_token, expect_handler=expect_continue)
+    app.router.add_get("/tokens", get_tokens, allow_head=False)
+    app.router.add_delete("/tokens", delete_token)
+    app.router.add_get("/audit", get_audit, allow_head=False)
     app.router.add_get("/healthz", healthz, allow_head=False)
     if serve_metrics:
         app.router.add_get("/metrics", metrics, allow_head=False)

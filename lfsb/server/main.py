@@ -16,6 +16,7 @@ from ..observability import flush_sentry, init_sentry
 from ..storage import LocalStore, ObjectStore, StorageError
 from ..storage.s3 import S3Store
 from ..store.compaction import Scheduler
+from ..store.deletion import purge_loop
 from ..store.recovery import recover
 from ..store.store import Store
 from .app import INFLIGHT_KEY, create_app, create_metrics_app
@@ -60,6 +61,7 @@ class Server:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._metrics_runner: web.AppRunner | None = None
+        self._purger: asyncio.Task | None = None
 
     @property
     def url(self) -> str:
@@ -97,7 +99,22 @@ class Server:
         elif not config.loopback:
             log.info("/metrics is not served on a non-loopback address: set LFSB_METRICS_BIND to serve it")
         self.scheduler.start()
+        self._purger = asyncio.create_task(purge_loop(self.store), name="purge")
+        self._log_access_mode()
         log.info("server listening url=%s data=%s storage=%s", self.url, config.data_path, self.objects)
+
+    def _log_access_mode(self) -> None:
+        if self.store.access.token_mode:
+            log.info("access: tokens required")
+        elif not self.config.loopback:
+            log.warning(
+                "access: LFSB_AUTH=open on a non-loopback address: anyone who can reach %s:%d and knows a"
+                " cluster name can read, restore and delete its backups",
+                self.config.host,
+                self.config.port,
+            )
+        else:
+            log.warning("access: open (loopback only): `Authorization: cluster NAME` is admin of NAME")
 
     async def _serve_metrics(self, host: str, port: int) -> None:
         self._metrics_runner = web.AppRunner(create_metrics_app(self.store), handle_signals=False)
@@ -126,6 +143,8 @@ class Server:
                 if not await self._app[INFLIGHT_KEY].wait_idle(SHUTDOWN_TIMEOUT):
                     log.warning("shutdown: requests still in flight after %ss", SHUTDOWN_TIMEOUT)
 
+            if self._purger is not None:
+                self._purger.cancel()
             await asyncio.gather(_drain(), self.scheduler.stop(SHUTDOWN_TIMEOUT))
         if self._runner is not None:
             await self._runner.cleanup()

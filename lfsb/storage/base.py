@@ -219,6 +219,11 @@ class ObjectStore(abc.ABC):
         """The object's metadata."""
 
     @abc.abstractmethod
+    async def copy(self, info: FileInfo, database: str) -> FileInfo:
+        """Copy an object, with its metadata, to the same key under another database of its cluster
+        (replacing what is there)."""
+
+    @abc.abstractmethod
     async def delete(self, infos: list[FileInfo]) -> None:
         """Delete the objects; missing ones are not an error."""
 

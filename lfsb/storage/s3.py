@@ -17,6 +17,7 @@ import os
 import random
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -415,6 +416,18 @@ class S3Store(ObjectStore):
             return FileMetadata.from_headers(resp.get("Metadata", {}))
         except StorageError as e:
             raise StorageError(f"{what}: {e}") from None
+
+    async def copy(self, info: FileInfo, database: str) -> FileInfo:
+        dest = replace(info, database=database)
+        resp = await self._call(
+            f"copy {self._where(info.key)} to {dest.key}",
+            "copy_object",
+            Key=dest.key,
+            CopySource={"Bucket": self.bucket, "Key": info.key},
+            MetadataDirective="COPY",
+        )
+        modified = resp.get("CopyObjectResult", {}).get("LastModified")
+        return replace(dest, created_at=modified.astimezone(UTC)) if modified else dest
 
     async def delete(self, infos: list[FileInfo]) -> None:
         keys = [i.key for i in infos]

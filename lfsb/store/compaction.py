@@ -197,7 +197,10 @@ class Scheduler:
     async def _all_databases(self) -> list[tuple[str, str]]:
         return await self.store.meta.read(
             lambda c: [
-                tuple(r) for r in c.execute("SELECT cluster, name FROM databases ORDER BY cluster, name")
+                tuple(r)
+                for r in c.execute(
+                    "SELECT cluster, name FROM databases WHERE deleted_at IS NULL ORDER BY cluster, name"
+                )
             ]
         )
 
@@ -205,7 +208,7 @@ class Scheduler:
         """Databases whose source level is ahead of ``level``."""
         src = self.levels[-1].level if level == SNAPSHOT_LEVEL else level - 1
         query = (
-            "SELECT d.cluster, d.name FROM databases d WHERE "
+            "SELECT d.cluster, d.name FROM databases d WHERE d.deleted_at IS NULL AND "
             + ("d.txid" if src == L0 else "(SELECT COALESCE(MAX(max_txid), 0) FROM remote_files"
                " WHERE db_id = d.id AND level = :src)")
             + " > (SELECT COALESCE(MAX(max_txid), 0) FROM remote_files WHERE db_id = d.id AND level = :dst)"

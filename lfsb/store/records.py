@@ -24,6 +24,8 @@ class Database:
     checksum: int
     timestamp: int
     hwm: int
+    deleted_at: int | None = None
+    """When the database was deleted (ms since the epoch); None while it is live."""
 
     @property
     def pos(self) -> Pos:
@@ -32,12 +34,12 @@ class Database:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row | tuple) -> Database:
-        """From ``SELECT id, cluster, name, page_size, "commit", txid, checksum, timestamp, hwm``."""
-        id_, cluster, name, page_size, commit, txid, checksum, ts, hwm = row
-        return cls(id_, cluster, name, page_size, commit, txid, from_sql(checksum), ts, hwm)
+        """From ``SELECT`` :data:`DATABASE_COLUMNS`."""
+        id_, cluster, name, page_size, commit, txid, checksum, ts, hwm, deleted_at = row
+        return cls(id_, cluster, name, page_size, commit, txid, from_sql(checksum), ts, hwm, deleted_at)
 
 
-DATABASE_COLUMNS = 'id, cluster, name, page_size, "commit", txid, checksum, timestamp, hwm'
+DATABASE_COLUMNS = 'id, cluster, name, page_size, "commit", txid, checksum, timestamp, hwm, deleted_at'
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from ..faults import crash_point
 from ..ltx import Decoder, frame_checksum
 from ..storage import FileInfo
 from .db import now_ms
+from .deletion import finish_moves, leftover_of_delete, parse_deleted_name
 from .ingest import find_database
 from .plan import snapshot_plan
 from .records import DATABASE_COLUMNS, Database, LTXFile
@@ -87,7 +88,8 @@ async def _rebuild(store: Store, cluster: str, name: str, infos: list[FileInfo])
     # Commit first: a crash before the L0 files are gone leaves unreferenced files (removed at the
     # next start), never rows that refer to deleted files.
     async with store.locks(cluster, name).files:
-        await store.meta.write(replace_database, cluster, name, page_size, last, pages, files)
+        deleted_at = parsed[1] if (parsed := parse_deleted_name(name)) else None
+        await store.meta.write(replace_database, cluster, name, page_size, last, pages, files, deleted_at)
         crash_point("recovery.rebuilt")
         await asyncio.to_thread(shutil.rmtree, store.l0_dir / cluster / name, True)
     log.info(
@@ -126,6 +128,8 @@ async def _recover_database(store: Store, cluster: str, name: str) -> bool:
     if not infos:
         return False
     local = await store.meta.read(lambda c: find_database(c, cluster, name))
+    if local is None and await leftover_of_delete(store, cluster, name, infos):
+        return False
     if local is None or local.txid < max(i.max_txid for i in infos):
         await _rebuild(store, cluster, name, infos)
     else:
@@ -144,6 +148,7 @@ async def recover(store: Store) -> None:
     entries of databases with nothing left in storage. A database that cannot be recovered (say, its
     files in storage do not start with a snapshot) is logged and left as it is; the others go on."""
     started = now_ms()
+    await finish_moves(store)
     count = 0
     listed: set[tuple[str, str]] = set()
     for cluster in await store.objects.list_clusters():

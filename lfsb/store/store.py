@@ -24,6 +24,7 @@ from ..ltx import Header, Pos, Trailer, compact, parse_filename
 from ..observability import CountingObjectStore, Metrics
 from ..storage import FileInfo, NotFound, ObjectStore
 from ..storage.local import FileSystemSync, make_dirs
+from .access import Access
 from .db import MetaDB, execute, executemany, from_sql
 from .ingest import Incoming, append, find_database, inspect, inspect_file, l0_path
 from .plan import snapshot_plan
@@ -96,7 +97,10 @@ class Store:
         self.l0_dir = self.data_path / "l0"
         self.meta = MetaDB(self.data_path / "server.db", sync_files=FileSystemSync(self.l0_dir))
         self._locks: defaultdict[tuple[str, str], _DatabaseLocks] = defaultdict(_DatabaseLocks)
-        self._cluster_ids: dict[str, str] = {}
+        self.access = Access(
+            self.meta, config.auth, config.admin_token, config.loopback, self.metrics.auth_failures
+        )
+        self._cluster_ids: dict[str, str | None] = {}
         self._exports = 0
         self._export_bytes = 0  # temp space the running exports may still take
 
@@ -112,6 +116,7 @@ class Store:
 
         await asyncio.to_thread(_prepare)
         await self.meta.open()
+        await self.access.open()
         self.metrics.add_state_collector(self.meta.path)
         await self._remove_unreferenced_l0()
 
@@ -193,6 +198,15 @@ class Store:
                 " (run `lfsb cluster reset-id` if the cluster was re-created)",
             )
 
+    async def pinned_cluster_id(self, cluster: str) -> str | None:
+        """The LiteFS cluster ID pinned to ``cluster``, if any (cached: only this server pins)."""
+        if cluster not in self._cluster_ids:
+            row = await self.meta.read(
+                lambda c: c.execute("SELECT cluster_id FROM clusters WHERE name = ?", (cluster,)).fetchone()
+            )
+            self._cluster_ids[cluster] = row[0] if row else None
+        return self._cluster_ids[cluster]
+
     async def reset_cluster_id(self, cluster: str) -> bool:
         """Forget the pinned cluster ID; whether one was pinned (the ID itself is never returned)."""
         previous = await self.meta.write(unpin_cluster_id, cluster)
@@ -205,7 +219,9 @@ class Store:
         """The position of every database of a cluster, by name (``GET /pos``: only the columns it needs)."""
         rows = await self.meta.read(
             lambda c: c.execute(
-                "SELECT name, txid, checksum FROM databases WHERE cluster = ? ORDER BY name", (cluster,)
+                "SELECT name, txid, checksum FROM databases WHERE cluster = ? AND deleted_at IS NULL"
+                " ORDER BY name",
+                (cluster,),
             ).fetchall()
         )
         return {name: Pos(txid, from_sql(checksum)) for name, txid, checksum in rows}
@@ -335,7 +351,8 @@ class Store:
         return await self.meta.write(index_upload, db, f, raise_hwm)
 
     async def delete_database(self, cluster: str, name: str) -> None:
-        """Remove a database: every object under its prefix (indexed or not), its L0 files, its rows."""
+        """Remove a database for good (a purge): every object under its prefix (indexed or not), its L0
+        files, its rows."""
         locks = self.locks(cluster, name)
         async with locks.work, locks.files:
             db = await self.database(cluster, name)
@@ -345,7 +362,7 @@ class Store:
             await self.objects.delete(infos)
             await asyncio.to_thread(shutil.rmtree, self.l0_dir / cluster / name, True)
             await self.meta.write(execute, "DELETE FROM databases WHERE id = ?", (db.id,))
-        log.info("database deleted cluster=%s database=%s files=%d", cluster, name, len(infos))
+        log.info("database removed cluster=%s database=%s files=%d", cluster, name, len(infos))
 
     async def remove_l0(self, db: Database, files: list[LTXFile]) -> None:
         """Forget L0 files and delete them from disk."""

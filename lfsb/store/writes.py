@@ -75,13 +75,14 @@ def replace_database(
     last: LTXFile,
     pages: list[tuple[int, int]],
     files: list[LTXFile],
+    deleted_at: int | None,
 ) -> None:
     """Replace the rows of (cluster, name) with a database at ``last`` holding ``pages`` (number,
-    checksum), indexed as ``files``."""
+    checksum), indexed as ``files`` (deleted at ``deleted_at``, or live)."""
     conn.execute("DELETE FROM databases WHERE cluster = ? AND name = ?", (cluster, name))
     db_id = conn.execute(
-        'INSERT INTO databases (cluster, name, page_size, "commit", txid, checksum, timestamp, hwm)'
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        'INSERT INTO databases (cluster, name, page_size, "commit", txid, checksum, timestamp, hwm,'
+        " deleted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             cluster,
             name,
@@ -91,6 +92,7 @@ def replace_database(
             to_sql(last.post_apply_checksum),
             last.timestamp,
             last.max_txid,
+            deleted_at,
         ),
     ).lastrowid
     conn.executemany(
