@@ -68,16 +68,17 @@ class Reply(NamedTuple):
 
 
 class Client:
-    """A tiny HTTP client for tests: requests as a cluster, JSON decoded."""
+    """A tiny HTTP client for tests: requests as a cluster (in open mode) or with a token, JSON decoded."""
 
-    def __init__(self, url: str, cluster: str = "test") -> None:
+    def __init__(self, url: str, cluster: str = "test", token: str | None = None) -> None:
         self.url = url
         self.cluster = cluster
+        self.authorization = token or f"cluster {cluster}"
         self.session = aiohttp.ClientSession()
 
     async def fetch(self, method: str, path: str, **kwargs: object) -> Reply:
-        """One request as the cluster (``headers=`` adds to or overrides ``Authorization``)."""
-        headers = {"Authorization": f"cluster {self.cluster}", **kwargs.pop("headers", {})}  # type: ignore[dict-item]
+        """One request (``headers=`` adds to or overrides ``Authorization``)."""
+        headers = {"Authorization": self.authorization, **kwargs.pop("headers", {})}  # type: ignore[dict-item]
         async with self.session.request(method, self.url + path, headers=headers, **kwargs) as resp:
             body = await resp.read()
             data = None
@@ -91,6 +92,12 @@ class Client:
 
     async def close(self) -> None:
         await self.session.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 def storage_env_for(request: pytest.FixtureRequest, kind: str) -> dict[str, str]:
