@@ -6,7 +6,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     LFSB_DATA_PATH=/data \
-    LFSB_BIND=:2200
+    LFSB_BIND=:2200 \
+    LFSB_AUTH=tokens
 
 RUN groupadd --system lfsb && useradd --system --gid lfsb --home-dir /data --shell /usr/sbin/nologin lfsb \
     && mkdir -p /data && chown lfsb:lfsb /data

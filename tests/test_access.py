@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import secrets
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -366,3 +367,31 @@ def test_sentry_events_carry_no_secret() -> None:
     assert scrubbed["request"] == {
         "headers": {"Authorization": "[Filtered]", "Cookie": "[Filtered]", "Accept": "*/*"}
     }
+
+
+@pytest.mark.parametrize("storage_env", [{}])
+async def test_upgrade_keeps_open_mode_until_tokens_exist(
+    start_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A data directory of the previous release (migrations up to 0003) upgrades at start and keeps
+    working in open mode, its databases intact, until a token is created."""
+    server = await start_server()
+    async with LiteFSEmulator(tmp_path / "node", server.url) as node:
+        node.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        await node.sync()
+    before = await server.store.positions("test")
+    await server.stop()
+    conn = sqlite3.connect(server.config.data_path / "server.db")
+    conn.executescript(
+        "DROP TABLE tokens; DROP TABLE audit; ALTER TABLE databases DROP COLUMN deleted_at;"
+        " ALTER TABLE databases DROP COLUMN moved_from; DELETE FROM schema_migrations WHERE version = 4;"
+    )
+    conn.close()
+    server = await start_server()
+    async with LiteFSEmulator(tmp_path / "node", server.url) as node:
+        node.execute("INSERT INTO t (v) VALUES ('after the upgrade')")
+        await node.sync()
+        assert (await server.store.positions("test"))["db"].txid == before["db"].txid + 1
+    async with Client(server.url) as client:
+        assert (await client.fetch("POST", "/tokens?role=replica")).status == 200
+        assert (await client.fetch("GET", "/pos")).status == 401

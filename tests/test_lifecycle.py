@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from lfsb.config import load_config
 from lfsb.ltx import encode_database
 from tests.lfsb_server import ServerProcess, free_port
 from tests.litefs import LiteFSEmulator
@@ -337,6 +338,8 @@ def test_dockerfile_and_fly_toml_carry_the_deployment_settings() -> None:
     # Metrics on their own port, the one fly's scraper reads; never on the service port.
     assert fly["metrics"]["port"] == int(fly["env"]["LFSB_METRICS_BIND"].rpartition(":")[2]) != 2200
     assert "public" not in json.dumps(fly).lower() or "no-public-ips" in (REPO / "fly.toml").read_text()
+    assert fly["env"]["LFSB_AUTH"] == "tokens"  # protected mode, whatever the bind address
+    assert load_config(fly["env"]).auth == "tokens"
 
     lines = [line.strip() for line in (REPO / "Dockerfile").read_text().splitlines()]
     instructions = [line.split()[0] for line in lines if line and not line.startswith("#")]
@@ -348,5 +351,6 @@ def test_dockerfile_and_fly_toml_carry_the_deployment_settings() -> None:
     assert "/healthz" in (REPO / "Dockerfile").read_text()
     assert any(line.startswith("ENTRYPOINT") and "lfsb-server" in line for line in lines)
     assert any("LFSB_DATA_PATH=/data" in line for line in lines)
+    assert any("LFSB_AUTH=tokens" in line for line in lines)
     assert any(line.startswith("RUN pip install .") for line in lines)
     assert not any(re.search(r"\b(curl|wget)\b", line) for line in lines)  # nothing but PyPI/Debian
