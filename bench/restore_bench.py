@@ -1,7 +1,8 @@
 """Benchmark of restore, restore/check and ``export --format sqlite`` through the HTTP API.
 
 Run ``python bench/restore_bench.py`` (``--quick``: a 32 MiB database instead of 256 MiB; ``--runs N``: best
-of N, default 3; ``--workdir DIR``: where the temporary workload lives).
+of N, default 3; ``--workdir DIR``: where the temporary workload lives; ``--current``: only the current
+snapshot, below).
 
 Workload: a real SQLite database (4 KiB pages, semi-compressible rows) ingested as TXID 1, then batches of
 incremental LTX files (random pages rewritten in part) built with ``lfsb.ltx`` and ingested by an in-process
@@ -23,6 +24,11 @@ Baseline, measured in this process in the same run: only the unavoidable byte wo
 the plan out of storage (L0 files are read in place) and ``lz4.frame.decompress(file[100:-16])`` it. Targets,
 printed as PASS/FAIL: restore at most 2x the baseline, peak RSS under 150 MiB. Checked: the export hashes to
 the expected state at the target, and so does the current state after the restores.
+
+The current snapshot: ``GET /db/snapshot`` of the current state of a 5 MiB database after 100 small
+transactions, cold (a new TXID before each request) and warm (asked again), against the floor of an LZ4
+compress and decompress of the database's bytes measured in the same run; goal: at most twice the floor
+plus 10 ms.
 
 Profile: the restore pipeline (plan download, compaction into the snapshot, diff against the current state,
 verification of that diff on ingestion) is re-run in-process, each phase timed and profiled with cProfile.
@@ -53,6 +59,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import lz4.frame
 
 REPO = Path(__file__).resolve().parents[1]
@@ -335,6 +342,71 @@ async def baseline(data: Path, scratch: Path, plan: list[LTXFile]) -> int:
     return await asyncio.to_thread(_run)
 
 
+# -- the current snapshot ---------------------------------------------------------------------------
+CURRENT_MIB = 5
+CURRENT_TXNS = 100
+CURRENT_SLACK = 0.010
+"""The goal for the current snapshot: at most twice the floor plus 10 ms."""
+
+
+async def current_snapshot_bench(workdir: Path, runs: int) -> None:
+    """``GET /db/snapshot`` of the current state of a 5 MiB database after 100 small transactions, cold
+    (one more transaction before each request, as when LiteFS pulls after a restore) and warm (asked
+    again), against the floor: ``lz4.frame`` compress and decompress of the database's bytes."""
+    data, scratch = workdir / "current", workdir / "current-scratch"
+    scratch.mkdir(parents=True)
+    state = scratch / "state.db"
+    make_database(state, CURRENT_MIB)
+    raw = state.read_bytes()
+    floor = await best_of(
+        runs, lambda: asyncio.to_thread(lambda: lz4.frame.decompress(lz4.frame.compress(raw)))
+    )
+    incoming = scratch / "incoming.ltx"
+    with state.open("rb") as src, incoming.open("wb") as out:
+        encode_database(src, out, timestamp=now_ms())
+    history = History(state, random.Random(7))
+    server = ServerProcess(data)
+    try:
+        await server.wait_ready()
+        async with aiohttp.ClientSession(headers={"Authorization": f"cluster {CLUSTER}"}) as http:
+
+            async def post() -> None:
+                async with http.post(f"{server.url}/db/tx?db={DB}", data=incoming.read_bytes()) as resp:
+                    assert resp.status == 200, await resp.text()
+
+            async def one_more() -> None:
+                history.transaction(incoming, 2)
+                await post()
+
+            async def get() -> None:
+                async with http.get(f"{server.url}/db/snapshot?db={DB}") as resp:
+                    assert resp.status == 200 and len(await resp.read()) > 0
+
+            await post()
+            for _ in range(CURRENT_TXNS):
+                await one_more()
+            cold = await best_of(runs, get, server, prepare=one_more)
+            warm = await best_of(runs, get, server)
+            async with http.get(f"{server.url}/db/snapshot?db={DB}&format=sqlite") as resp:
+                assert hashlib.sha256(await resp.read()).hexdigest() == sha256(state), "snapshot differs"
+    finally:
+        server.stop()
+    goal = 2 * floor.seconds + CURRENT_SLACK
+    print(
+        f"\ncurrent snapshot of a {len(raw) / MIB:.1f} MiB database after {CURRENT_TXNS} small transactions"
+    )
+    print(
+        f"floor (LZ4 compress + decompress of the database) {floor.seconds * 1000:.1f} ms;"
+        f" goal <= {goal * 1000:.1f} ms"
+    )
+    verdict = {True: "PASS", False: "FAIL"}
+    for name, m in (("cold (new TXID)", cold), ("warm (asked again)", warm)):
+        print(
+            f"  {name:<20}{m.seconds * 1000:8.1f} ms{m.seconds / floor.seconds:8.2f} x floor"
+            f"  {verdict[m.seconds <= goal]}"
+        )
+
+
 # -- profile ----------------------------------------------------------------------------------------
 async def profile_restore(data: Path, target: int) -> tuple[float, str]:
     """One in-process restore to ``target`` under cProfile, worker threads included (every
@@ -442,6 +514,7 @@ async def run(workdir: Path, p: Params, runs: int) -> int:
     print(f"\nwhere the time of a restore goes: cProfile of one in-process restore ({profiled_s:.3f}s),")
     print("event loop and worker threads together, idle waits left out; by own time, then lfsb by cumulative")
     print(profile)
+    await current_snapshot_bench(workdir, runs)
     return 0
 
 
@@ -451,9 +524,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="32 MiB instead of 256 MiB")
     parser.add_argument("--runs", type=int, default=3, help="best of N (default 3)")
     parser.add_argument("--workdir", type=Path, help="where to build the workload (default: a temp dir)")
+    parser.add_argument("--current", action="store_true", help="only the current snapshot")
     args = parser.parse_args()
     params = QUICK if args.quick else FULL
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="restore-bench-") as tmp:
+        if args.current:
+            asyncio.run(current_snapshot_bench(Path(tmp), args.runs))
+            return
         sys.exit(asyncio.run(run(Path(tmp), params, args.runs)))
 
 

@@ -410,12 +410,15 @@ class ServerState:
 
 
 def data_files(server: Server) -> frozenset[str]:
-    """Every path under the server's data directory (relative), except the metadata db's own files and the
-    temp directory's contents (removed at the end of each request, a moment after its response)."""
-    root, tmp = server.config.data_path, server.store.tmp_dir
+    """Every path under the server's data directory (relative), except the metadata db's own files, the
+    temp directory's contents (removed at the end of each request, a moment after its response) and the
+    cache of current snapshots (built by reads)."""
+    root, scratch = server.config.data_path, {server.store.tmp_dir, server.store.snapshots.root}
     paths = root.rglob("*")
     return frozenset(
-        str(p.relative_to(root)) for p in paths if p.parent != tmp and not p.name.startswith("server.db")
+        str(p.relative_to(root))
+        for p in paths
+        if p.parent not in scratch and not p.name.startswith("server.db")
     )
 
 

@@ -691,7 +691,7 @@ CLI_CASES = [
     ),
     (["restore", "../x", "--txid", "0000000000000001"], 'Error: invalid database name: "../x" [EBADDB]'),
     (["delete"], "Error: Missing argument 'DB'."),
-    (["delete", "db"], "and all its backups? [y/N]: Aborted!"),
+    (["delete", "db"], "until it is purged)? [y/N]: Aborted!"),
     (["delete", "../x", "--yes"], 'Error: invalid database name: "../x" [EBADDB]'),
     (["delete", "nosuch", "--yes"], "Error: database not found [ENODB]"),
     (["cluster"], "Usage:"),

@@ -316,3 +316,35 @@ async def test_a_write_slipping_in_makes_the_restore_try_again(
         assert await export_rows(server, tmp_path / "slipped.db", "--txid", format_txid(slipped[0].txid)) == (
             slipped[0].rows
         )
+
+
+async def test_current_snapshot_is_kept_and_never_stale(
+    server: Server, client: Client, tmp_path: Path
+) -> None:
+    """The current snapshot is built once per TXID and kept (one file per database): asked again it is
+    the same file; after a write, concurrent requests all get the new state; a purge drops it."""
+    cache = server.store.snapshots.root
+
+    async def current(fmt: str = "ltx") -> bytes:
+        status, _, body = await client.request("GET", f"/db/snapshot?db=db&format={fmt}")
+        assert status == 200
+        return body
+
+    async with LiteFSEmulator(tmp_path / "node", server.url) as node:
+        node.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        node.execute("INSERT INTO t (v) VALUES ('one')")
+        await node.sync()
+        first = await current()
+        db_id = (await server.store.database("test", "db")).id
+        assert [p.name for p in cache.iterdir()] == [f"{db_id}-{node.txid:016x}.ltx"]
+        assert await current() == first and verify(io.BytesIO(first))[0].max_txid == node.txid
+        node.execute("INSERT INTO t (v) VALUES ('two')")
+        await node.sync()
+        bodies = await asyncio.gather(*(current() for _ in range(3)), current("sqlite"))  # 4 exports at most
+        assert len(set(bodies[:3])) == 1 and bodies[0] != first
+        assert verify(io.BytesIO(bodies[0]))[0].max_txid == node.txid
+        (tmp_path / "now.db").write_bytes(bodies[3])
+        assert check_sqlite(tmp_path / "now.db") == [(1, "one"), (2, "two")]
+        assert len(list(cache.iterdir())) == 1
+    assert (await client.fetch("DELETE", "/db?db=db&purge=true")).status == 200
+    assert list(cache.iterdir()) == []

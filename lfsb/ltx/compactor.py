@@ -70,7 +70,7 @@ def compact(
         timestamp=last.timestamp if timestamp is None else timestamp,
         pre_apply_checksum=first.pre_apply_checksum,
     )
-    enc = Encoder(output, out_header)
+    enc = Encoder(output, out_header, sum_pages=False)  # the last input's post-apply checksum holds
     _merge_pages(decoders, enc, last.commit)
     trailers = []
     for i, dec in enumerate(decoders):

@@ -30,7 +30,8 @@ class Decoder:
     Pages come back as ``(pgno, frame)`` where ``frame`` is a memoryview of ``be32(pgno) || data``
     (the logical page frame, which is also what the page checksum hashes); ``frame[4:]`` is the
     page. A frame stays valid after later reads. ``trusted`` is for files lfsb wrote itself or
-    already verified: see :class:`~lfsb.ltx.lz4frame.FrameReader`.
+    already verified: see :class:`~lfsb.ltx.lz4frame.FrameReader`; a trusted snapshot's post-apply
+    checksum is not recomputed from its pages either (the file checksum is still checked).
     """
 
     def __init__(self, f: BinaryIO, *, trusted: bool = False) -> None:
@@ -66,7 +67,7 @@ class Decoder:
         self._frame_size = PAGE_HEADER_SIZE + header.page_size
         self._raw_chunk = max(1, _RAW_CHUNK // self._frame_size) * self._frame_size
         self._lock_pgno = header.lock_pgno
-        self._is_snapshot = header.is_snapshot
+        self._is_snapshot = header.is_snapshot and not self._trusted  # whether pages are summed
         if header.compressed:
             self._lz4 = FrameReader(self._f, trusted=self._trusted)
         return header
@@ -217,7 +218,7 @@ class Decoder:
             computed = FLAG | crc64_update(rest[:8], self._crc)
             if computed != trailer.file_checksum:
                 raise LTXError("file checksum mismatch")
-            if self.header.is_snapshot:
+            if self._is_snapshot:
                 checksum = FLAG | self._snapshot_checksum
                 if trailer.post_apply_checksum != checksum:
                     raise PostApplyMismatch(trailer.post_apply_checksum, checksum)

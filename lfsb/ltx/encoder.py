@@ -25,7 +25,9 @@ class Encoder:
     (:attr:`snapshot_checksum`); other files take theirs from the caller.
     """
 
-    def __init__(self, f: BinaryIO, header: Header) -> None:
+    def __init__(self, f: BinaryIO, header: Header, sum_pages: bool = True) -> None:
+        """``sum_pages=False``: the post-apply checksum is given to :meth:`close`, so a snapshot's pages
+        are not summed for it."""
         header.validate()
         self.header = header
         self._f = f
@@ -39,6 +41,7 @@ class Encoder:
         self._used = 0
         self._prev_pgno = 0
         self._snapshot = header.is_snapshot
+        self._sum_pages = self._snapshot and sum_pages
         self._lock_pgno = header.lock_pgno
         self._commit = header.commit
         self._frame_size = PAGE_HEADER_SIZE + header.page_size
@@ -55,7 +58,7 @@ class Encoder:
         self._append(data)
         self._prev_pgno = pgno
         self.pages_written += 1
-        if self._snapshot:
+        if self._sum_pages:
             self.snapshot_checksum ^= _go_iso(data, _go_iso(head))
 
     def write_frame(self, pgno: int, frame: bytes | bytearray | memoryview) -> None:
@@ -76,7 +79,7 @@ class Encoder:
         self._append(frame)
         self._prev_pgno = pgno
         self.pages_written += 1
-        if self._snapshot:
+        if self._sum_pages:
             self.snapshot_checksum ^= _go_iso(frame)
 
     def _check_pgno(self, pgno: int) -> None:
@@ -132,7 +135,7 @@ class Encoder:
     def close(self, post_apply_checksum: int | None = None) -> Trailer:
         """Finish the file. ``post_apply_checksum`` defaults to the computed one for snapshots."""
         if post_apply_checksum is None:
-            if not self._snapshot:
+            if not self._sum_pages:
                 raise LTXError("post-apply checksum required")
             post_apply_checksum = FLAG | self.snapshot_checksum
         self._append(_END_MARKER)

@@ -464,13 +464,12 @@ async def receive_body(request: web.Request, store: Store, keep: bool) -> bytes 
         bodies.buffered -= len(pending)
 
 
-async def stream_file(request: web.Request, path: Path) -> web.StreamResponse:
-    """Send a file as ``application/octet-stream``; a failure mid-way aborts the connection."""
-    size = path.stat().st_size
-    resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-    resp.content_length = size
-    f = await asyncio.to_thread(open, path, "rb")
+async def stream_file(request: web.Request, f: BinaryIO) -> web.StreamResponse:
+    """Send an open file from its start as ``application/octet-stream``, and close it; a failure mid-way
+    aborts the connection."""
     try:
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        resp.content_length = os.fstat(f.fileno()).st_size
         await resp.prepare(request)
         while chunk := await asyncio.to_thread(f.read, STREAM_CHUNK):
             await resp.write(chunk)
@@ -513,24 +512,30 @@ async def get_snapshot(request: web.Request) -> web.StreamResponse:
         raise LfsbError(Kind.VALIDATION, "EBADFORMAT", "unsupported snapshot format")
     txid, ts = parse_target(request, required=False)
     target = db.txid if not txid and ts is None else (await resolve_point(store, db, txid, ts)).txid
-    snapshot = store.temp_path("snapshot")
-    raw = store.temp_path("export")
     # About the database's size (its current one; a past point's may differ, the reserve is the slack):
-    # for sqlite, an uncompressed snapshot, then the database decoded from it.
+    # for sqlite, a snapshot, then the database decoded from it.
     size = db.commit * db.page_size
     async with store.export_slot(2 * size if fmt == "sqlite" else size):
+        if target == db.txid and fmt != "sqlite":
+            return await stream_file(request, await store.current_snapshot(db))  # built once per TXID
+        snapshot = store.temp_path("snapshot")
+        raw = store.temp_path("export")
         try:
-            await store.build_snapshot(db, target, snapshot, compress=fmt != "sqlite")  # sqlite: decoded here
+            if target == db.txid:
+                source = await store.current_snapshot(db)
+            else:
+                await store.build_snapshot(db, target, snapshot, compress=fmt != "sqlite")
+                source = await asyncio.to_thread(open, snapshot, "rb")
             if fmt == "sqlite":
 
                 def _decode() -> None:
-                    with open(snapshot, "rb") as src, open(raw, "wb") as out:
-                        decode_database(src, out)
+                    with source, open(raw, "wb") as out:
+                        decode_database(source, out)
 
                 await asyncio.to_thread(_decode)
-                snapshot.unlink()
-                return await stream_file(request, raw)
-            return await stream_file(request, snapshot)
+                snapshot.unlink(missing_ok=True)  # its space is free while the export streams
+                return await stream_file(request, await asyncio.to_thread(open, raw, "rb"))
+            return await stream_file(request, source)
         finally:
             snapshot.unlink(missing_ok=True)
             raw.unlink(missing_ok=True)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import io
 import logging
+import os
 import shutil
 import sqlite3
 import tempfile
+import threading
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -45,9 +48,61 @@ MAX_COMPACT_INPUTS = 256
 """Most files merged in one pass; longer plans are merged in several passes."""
 DOWNLOAD_CONCURRENCY = 8
 PLAN_ATTEMPTS = 3
+SNAPSHOT_CACHE_BYTES = 512 * 1024 * 1024
+"""Most bytes of current-state snapshots kept for a repeated request (:class:`SnapshotCache`)."""
 INLINE_INSPECT_BYTES = 64 * 1024
 """Bodies up to this size are verified by the metadata writer (well under a millisecond), larger ones on a
 worker thread here, so that none holds up a group commit for long."""
+
+
+class SnapshotCache:
+    """The last snapshot of the current state built for each database (by id), kept on disk so that
+    asking again for the same TXID costs one file read: what LiteFS pulls after a restore, and exports
+    of the current state. A (database id, TXID) names one content for good (a database re-created
+    gets a new id), so an entry is never stale, only superseded. At most ``limit`` bytes are kept; the
+    least recently used entries go first."""
+
+    def __init__(self, root: Path, limit: int) -> None:
+        self.root = root
+        self.limit = limit
+        self._entries: collections.OrderedDict[int, tuple[int, Path, int]] = collections.OrderedDict()
+        self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._mutex = threading.Lock()  # the methods below run on worker threads
+
+    def lock(self, db_id: int) -> asyncio.Lock:
+        """Held while one database's entry is looked up or built (one build per TXID)."""
+        return self._locks[db_id]
+
+    def open(self, db_id: int, txid: int) -> BinaryIO | None:
+        """An open handle on the entry of ``db_id`` at ``txid``, if that is the one kept (worker thread)."""
+        with self._mutex:
+            entry = self._entries.get(db_id)
+            if entry is None or entry[0] != txid:
+                return None
+            self._entries.move_to_end(db_id)
+            return open(entry[1], "rb")
+
+    def put(self, db_id: int, txid: int, built: Path) -> BinaryIO:
+        """Keep the snapshot file ``built`` as the entry of ``db_id`` and open it (worker thread)."""
+        path = self.root / f"{db_id}-{txid:016x}.ltx"
+        built.replace(path)
+        f = open(path, "rb")  # noqa: SIM115 - the caller closes it; opened before any eviction
+        with self._mutex:
+            self._forget(db_id)
+            self._entries[db_id] = (txid, path, os.fstat(f.fileno()).st_size)
+            while sum(size for _, _, size in self._entries.values()) > self.limit and len(self._entries) > 1:
+                _, (_, old, _) = self._entries.popitem(last=False)
+                old.unlink(missing_ok=True)
+        return f
+
+    def drop(self, db_id: int) -> None:
+        """Forget the entry of ``db_id`` (worker thread)."""
+        with self._mutex:
+            self._forget(db_id)
+
+    def _forget(self, db_id: int) -> None:
+        if (entry := self._entries.pop(db_id, None)) is not None:
+            entry[1].unlink(missing_ok=True)
 
 
 @dataclass
@@ -95,6 +150,7 @@ class Store:
         self.data_path = config.data_path
         self.tmp_dir = self.data_path / "tmp"
         self.l0_dir = self.data_path / "l0"
+        self.snapshots = SnapshotCache(self.data_path / "snapshots", SNAPSHOT_CACHE_BYTES)
         self.meta = MetaDB(self.data_path / "server.db", sync_files=FileSystemSync(self.l0_dir))
         self._locks: defaultdict[tuple[str, str], _DatabaseLocks] = defaultdict(_DatabaseLocks)
         self.access = Access(
@@ -110,8 +166,9 @@ class Store:
 
         def _prepare() -> None:
             make_dirs(self.data_path)
-            shutil.rmtree(self.tmp_dir, ignore_errors=True)
-            self.tmp_dir.mkdir()
+            for scratch in (self.tmp_dir, self.snapshots.root):
+                shutil.rmtree(scratch, ignore_errors=True)
+                scratch.mkdir()
             make_dirs(self.l0_dir)
 
         await asyncio.to_thread(_prepare)
@@ -297,13 +354,17 @@ class Store:
         handles: list[BinaryIO] = []
         downloads: list[Path] = []
         try:
+            local = [
+                l0_path(self.l0_dir, db.cluster, db.name, f.filename) if f.level == L0 else None
+                for f in files
+            ]
+
+            def _open_local() -> None:  # all in one trip to a worker thread
+                for path in local:
+                    handles.append(open(path, "rb") if path is not None else None)  # type: ignore[arg-type]  # noqa: SIM115
+
             async with self.locks(db.cluster, db.name).files:
-                for f in files:
-                    if f.level == L0:
-                        path = l0_path(self.l0_dir, db.cluster, db.name, f.filename)
-                        handles.append(await asyncio.to_thread(open, path, "rb"))
-                    else:
-                        handles.append(None)  # type: ignore[arg-type]
+                await asyncio.to_thread(_open_local)
             sem = asyncio.Semaphore(DOWNLOAD_CONCURRENCY)
 
             async def _download(i: int, f: LTXFile) -> None:
@@ -346,6 +407,20 @@ class Store:
                     raise
         raise AssertionError("unreachable")
 
+    async def current_snapshot(self, db: Database) -> BinaryIO:
+        """An open handle on the compressed snapshot of ``db`` at its TXID (as read), built once per
+        TXID and kept in :class:`SnapshotCache`; the caller closes it."""
+        cache = self.snapshots
+        async with cache.lock(db.id):
+            if (f := await asyncio.to_thread(cache.open, db.id, db.txid)) is not None:
+                return f
+            built = self.temp_path("snapshot")
+            try:
+                await self.build_snapshot(db, db.txid, built)
+                return await asyncio.to_thread(cache.put, db.id, db.txid, built)
+            finally:
+                built.unlink(missing_ok=True)
+
     async def record_upload(self, db: Database, f: LTXFile, raise_hwm: bool) -> bool:
         """Add an uploaded file to the index (and raise the HWM); False if the database is gone."""
         return await self.meta.write(index_upload, db, f, raise_hwm)
@@ -362,6 +437,7 @@ class Store:
             await self.objects.delete(infos)
             await asyncio.to_thread(shutil.rmtree, self.l0_dir / cluster / name, True)
             await self.meta.write(execute, "DELETE FROM databases WHERE id = ?", (db.id,))
+            await asyncio.to_thread(self.snapshots.drop, db.id)
         log.info("database removed cluster=%s database=%s files=%d", cluster, name, len(infos))
 
     async def remove_l0(self, db: Database, files: list[LTXFile]) -> None:
