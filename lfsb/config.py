@@ -90,6 +90,7 @@ class Config:
     snapshot_retention: float = 30 * 86400.0
     max_tx_bytes: int = 4 * 2**30
     max_exports: int = 4
+    max_connections: int = 1000
     disk_reserve: int = 256 * 2**20
     log_level: str = "info"
     log_format: str = "text"
@@ -135,6 +136,9 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
     max_exports = env.get("LFSB_MAX_EXPORTS", "4")
     if not max_exports.isdigit() or int(max_exports) < 1:
         raise config_error(f"LFSB_MAX_EXPORTS: {max_exports!r} is not a whole number of at least 1")
+    max_connections = env.get("LFSB_MAX_CONNECTIONS", "1000")
+    if not max_connections.isdigit() or int(max_connections) < 1:
+        raise config_error(f"LFSB_MAX_CONNECTIONS: {max_connections!r} is not a whole number of at least 1")
     auth = env.get("LFSB_AUTH", "").lower() or None
     if auth not in (None, "open", "tokens"):
         raise config_error(f"LFSB_AUTH: {auth!r} is not open or tokens")
@@ -161,6 +165,7 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         ),
         max_tx_bytes=max_tx_bytes,
         max_exports=int(max_exports),
+        max_connections=int(max_connections),
         disk_reserve=parse_size(env.get("LFSB_DISK_RESERVE", "256MiB"), "LFSB_DISK_RESERVE"),
         log_level=log_level,
         log_format=log_format,

@@ -16,6 +16,7 @@ import contextlib
 import gzip
 import json
 import logging
+import resource
 import sqlite3
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ import pytest
 
 from lfsb.ltx import HEADER_SIZE, Header
 from lfsb.server import app as server_app
+from lfsb.server import connections
 from lfsb.server.main import Server
 from tests.conftest import FIXTURES
 from tests.lfsb_server import (
@@ -766,3 +768,60 @@ async def test_cli_serve_with_bad_settings(
             result = await lfsb(server, "serve", "--bind", "127.0.0.1:0", "--data", str(tmp_path / "serve"))
         assert result.exit_code != 0 and "Traceback" not in result.output, result.output
         assert name in result.output, result.output
+
+
+# -- connections ------------------------------------------------------------------------------------
+async def closed_after(server: Server, *parts: bytes) -> float:
+    """Open a connection, send ``parts``, read until the server closes it; seconds until then."""
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    start = time.monotonic()
+    try:
+        for part in parts:
+            writer.write(part)
+        async with asyncio.timeout(20):
+            while await reader.read(65536):
+                pass
+        return time.monotonic() - start
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("storage_env", [{}])
+async def test_idle_and_half_sent_requests_are_closed(
+    start_server: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection that sends nothing, stops in the middle of its headers, or idles after a request is
+    closed after the idle timeout (a slow-loris client cannot hold connections open)."""
+    monkeypatch.setattr(connections, "IDLE_TIMEOUT", 1.0)
+    server = await start_server()
+    waited = await asyncio.gather(
+        closed_after(server),
+        closed_after(server, b"GET /pos HTTP/1.1\r\nHost: lfsb\r\nAuthoriz"),
+        closed_after(server, head("GET", "/pos")),  # answered, then idle on keep-alive
+    )
+    assert all(0.9 <= w < 10 for w in waited), waited
+
+
+@pytest.mark.parametrize("storage_env", [{}])
+async def test_connections_past_the_limit_get_503(start_server: Callable[..., Any]) -> None:
+    """Past LFSB_MAX_CONNECTIONS open connections, a new one is answered 503 EBUSY with Retry-After and
+    closed; once one closes, new connections are served again."""
+    server = await start_server(LFSB_MAX_CONNECTIONS="3")
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    held = [await asyncio.open_connection(host, int(port)) for _ in range(3)]
+    await asyncio.sleep(0.1)  # the server has accepted them
+    reply = await exchange(server, head("GET", "/pos"))
+    lfsb_error(reply, 503, "EBUSY", "too many connections")
+    assert reply.headers["retry-after"] == "5" and reply.headers["connection"] == "close"
+    held.pop()[1].close()
+    await asyncio.sleep(0.1)
+    assert (await exchange(server, head("GET", "/pos"))).status == 200
+    for _, writer in held:
+        writer.close()
+
+
+def test_connection_limit_leaves_room_for_the_server_files() -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert connections.connection_limit(10**9) <= soft - connections.FD_RESERVE
+    assert connections.connection_limit(5) == 5

@@ -19,6 +19,7 @@ from ..store.compaction import Scheduler
 from ..store.deletion import purge_loop
 from ..store.recovery import recover
 from ..store.store import Store
+from . import connections
 from .app import INFLIGHT_KEY, create_app, create_metrics_app
 from .logs import setup_logging
 
@@ -84,9 +85,16 @@ class Server:
         self._app = create_app(self.store, serve_metrics=config.metrics_bind is None and config.loopback)
         # auto_decompress=False: a request body is never inflated (any Content-Encoding gets a 415).
         self._runner = web.AppRunner(
-            self._app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT, auto_decompress=False
+            self._app,
+            handle_signals=False,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+            auto_decompress=False,
+            keepalive_timeout=connections.IDLE_TIMEOUT,  # also closes a connection whose headers never end
         )
         await self._runner.setup()
+        assert self._runner.server is not None
+        limit = connections.connection_limit(config.max_connections)
+        connections.limit_connections(self._runner.server, limit)
         self._site = web.TCPSite(self._runner, config.host, config.port)
         try:
             await self._site.start()
