@@ -194,6 +194,7 @@ async def write_workload(data: Path, scratch: Path, p: Params) -> Workload:
     make_database(state, p.db_mib)
     server = Server(load_config({"LFSB_DATA_PATH": str(data), "LFSB_BIND": "127.0.0.1:0", **QUIET}))
     await server.start()
+    await server.wait_recovered()
     try:
         incoming = scratch / "incoming.ltx"
         with state.open("rb") as src, incoming.open("wb") as out:
@@ -420,6 +421,7 @@ async def profile_restore(data: Path, target: int) -> tuple[float, str]:
 
     server = Server(load_config({"LFSB_DATA_PATH": str(data), "LFSB_BIND": "127.0.0.1:0", **QUIET}))
     await server.start()
+    await server.wait_recovered()
     loop = asyncio.get_running_loop()
     workers = ThreadPoolExecutor(4, initializer=_profile_thread)
     loop.set_default_executor(workers)

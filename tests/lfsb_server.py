@@ -116,13 +116,16 @@ def storage_env(request: pytest.FixtureRequest) -> dict[str, str]:
 
 @pytest.fixture
 async def start_server(tmp_path: Path, storage_env: dict[str, str]) -> AsyncIterator[Callable[..., object]]:
-    """Start servers (``await start_server(**env)``) on this test's data directory; stopped at the end."""
+    """Start servers (``await start_server(**env)``) on this test's data directory, recovered from storage
+    (unless ``recovered=False``); stopped at the end."""
     servers: list[Server] = []
 
-    async def _start(data_path: Path | None = None, **env: str) -> Server:
+    async def _start(data_path: Path | None = None, recovered: bool = True, **env: str) -> Server:
         server = Server(server_config(data_path or tmp_path / "data", storage_env, **env))
         await server.start()
         servers.append(server)
+        if recovered:  # serving starts at once; most tests want the recovery from storage done
+            await server.wait_recovered()
         return server
 
     yield _start
@@ -365,7 +368,8 @@ class ServerProcess:
         return self.log.read_text(errors="replace")
 
     async def wait_ready(self, timeout: float = 20) -> None:
-        """Wait until ``/healthz`` answers 200; :class:`ServerExited` if the process exits first."""
+        """Wait until ``/healthz`` answers 200 ``ok`` (recovered from storage); :class:`ServerExited` if the
+        process exits first."""
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
@@ -373,7 +377,7 @@ class ServerProcess:
                     raise ServerExited(f"exit code {self.proc.returncode}: {(await self._stderr())[-4000:]}")
                 try:
                     async with session.get(self.url + "/healthz") as resp:
-                        if resp.status == 200:
+                        if resp.status == 200 and (await resp.json())["status"] == "ok":
                             return
                 except aiohttp.ClientError:
                     pass

@@ -170,6 +170,7 @@ async def test_index_reconciled_with_storage(start_server: StartServer, tmp_path
         with contextlib.closing(sqlite3.connect(data / "server.db")) as conn, conn:
             conn.execute("DELETE FROM remote_files WHERE level = 1 AND min_txid = ?", (uploaded.min_txid,))
             conn.execute("UPDATE databases SET hwm = ?", (uploaded.min_txid - 1,))
+            conn.execute("UPDATE server_state SET value = '0' WHERE key = 'clean'")  # as a crash leaves it
         # The snapshot objects vanish behind the server's back; their index rows must go.
         async with open_object_store(server.config) as objects:
             await objects.delete(snapshots)
@@ -248,6 +249,7 @@ async def test_index_dropped_when_storage_lost_every_file(start_server: StartSer
         await server.stop()
         async with open_object_store(server.config) as objects:
             await objects.delete(doomed)
+            await objects.write_marker("epoch", "another bucket")  # storage is not as the server left it
 
         server = await start_server(data)
         db = await server.store.database(CLUSTER, DB)

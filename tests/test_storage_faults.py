@@ -53,6 +53,7 @@ async def rig(tmp_path: Path, s3_server: str) -> AsyncIterator[Rig]:
     )
     server = Server(server_config(tmp_path / "data", env, LFSB_LEVELS=LEVELS), objects)
     await server.start()
+    await server.wait_recovered()
     moto = S3Store.from_env(bucket.env())
     node = LiteFSEmulator(tmp_path / "node", server.url, timeout=10)
     client = Client(server.url)
@@ -115,6 +116,7 @@ async def assert_nothing_lost(rig: Rig, data: Path) -> None:
     assert status == 200 and body == expected
     fresh = Server(server_config(data, rig.bucket.env()))
     await fresh.start()
+    await fresh.wait_recovered()
     client = Client(fresh.url)
     try:
         status, positions, _ = await client.request("GET", "/pos")

@@ -27,6 +27,7 @@ from ..store.db import now_ms
 from ..store.levels import parse_duration
 from ..store.plan import Point, point_at, point_before, restorable_points
 from ..store.records import Database
+from ..store.recovery import Readiness
 from ..store.restore import import_database, restore
 from ..store.store import Store
 from .roles import ALL_CLUSTER_ROUTES, AUDITED, POINT_IN_TIME_ROLE, PUBLIC_ROUTES, ROUTE_ROLES, Route
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 STORE_KEY = web.AppKey("store", Store)
 CLUSTER_KEY = web.RequestKey("cluster", str)
+READINESS_KEY = web.AppKey("readiness", Readiness)
 PRINCIPAL_KEY = web.RequestKey("principal", Principal)
 AUDIT_DETAIL_KEY = web.RequestKey("audit_detail", str)
 STREAM_CHUNK = 256 * 1024
@@ -284,6 +286,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if not principal.allows(cluster, least_role(request, route)):
             raise forbidden()
         if cluster is not None:
+            request.app[READINESS_KEY].check(cluster)
             await _check_cluster_id(request, store, principal, cluster)
         response = await handler(request)
     except Exception as e:
@@ -739,6 +742,9 @@ async def healthz(request: web.Request) -> web.Response:
         log.warning("health check failed part=storage error=%s", str(e) or type(e).__name__)
     if failing:
         return web.json_response({"status": "unavailable", "failing": failing}, status=503)
+    readiness = request.app[READINESS_KEY]
+    if readiness.recovering:  # serving already: a health check must not kill it while it recovers
+        return web.json_response({"status": "recovering", "progress": readiness.progress()})
     return web.json_response({"status": "ok"})
 
 
@@ -756,7 +762,7 @@ def create_metrics_app(store: Store) -> web.Application:
     return app
 
 
-def create_app(store: Store, serve_metrics: bool) -> web.Application:
+def create_app(store: Store, readiness: Readiness, serve_metrics: bool) -> web.Application:
     """The application with every route and middleware, serving ``store``. ``/metrics`` is among them
     only with ``serve_metrics``: its labels name every cluster and database, so it is never served to
     the network without authorization."""
@@ -764,6 +770,7 @@ def create_app(store: Store, serve_metrics: bool) -> web.Application:
         middlewares=[error_middleware, request_check_middleware, auth_middleware], client_max_size=1024**2
     )
     app[STORE_KEY] = store
+    app[READINESS_KEY] = readiness
     app[INFLIGHT_KEY] = InFlight()
     app[BODIES_KEY] = Bodies()
     app.router.add_get("/pos", get_pos, allow_head=False)

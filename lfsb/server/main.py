@@ -17,7 +17,7 @@ from ..storage import LocalStore, ObjectStore, StorageError
 from ..storage.s3 import S3Store
 from ..store.compaction import Scheduler
 from ..store.deletion import purge_loop
-from ..store.recovery import recover
+from ..store.recovery import Readiness, begin_run, end_run, recover
 from ..store.store import Store
 from . import connections
 from .app import INFLIGHT_KEY, create_app, create_metrics_app
@@ -26,6 +26,7 @@ from .logs import setup_logging
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT = 30.0
+RECOVERY_RETRY = 5
 GC_THRESHOLDS = (50_000, 20, 100)
 """Collector thresholds once serving (Python's default is (700, 10, 10)): see :func:`settle_heap`."""
 
@@ -63,6 +64,8 @@ class Server:
         self._site: web.TCPSite | None = None
         self._metrics_runner: web.AppRunner | None = None
         self._purger: asyncio.Task | None = None
+        self._recovery: asyncio.Task | None = None
+        self.readiness = Readiness()
 
     @property
     def url(self) -> str:
@@ -81,8 +84,10 @@ class Server:
         except StorageError as e:
             setting = "BUCKET_NAME" if config.s3 else "LFSB_DATA_PATH"
             raise StartupError(f"{setting}: object storage unusable: {e}") from None
-        await recover(self.store)
-        self._app = create_app(self.store, serve_metrics=config.metrics_bind is None and config.loopback)
+        full_scan = not await begin_run(self.store)
+        self._app = create_app(
+            self.store, self.readiness, serve_metrics=config.metrics_bind is None and config.loopback
+        )
         # auto_decompress=False: a request body is never inflated (any Content-Encoding gets a 415).
         self._runner = web.AppRunner(
             self._app,
@@ -106,10 +111,28 @@ class Server:
             await self._serve_metrics(*config.metrics_bind)
         elif not config.loopback:
             log.info("/metrics is not served on a non-loopback address: set LFSB_METRICS_BIND to serve it")
-        self.scheduler.start()
-        self._purger = asyncio.create_task(purge_loop(self.store), name="purge")
         self._log_access_mode()
         log.info("server listening url=%s data=%s storage=%s", self.url, config.data_path, self.objects)
+        self._recovery = asyncio.create_task(self._recover(full_scan), name="recovery")
+
+    async def _recover(self, full_scan: bool) -> None:
+        """Recover from storage while serving (retried while storage fails), then start the scheduled
+        work: compaction, retention and purges."""
+        while True:
+            try:
+                await recover(self.store, self.readiness, full_scan)
+                break
+            except StorageError as e:
+                log.error("recovery from storage failed, retrying in %ds: %s", RECOVERY_RETRY, e)
+                await asyncio.sleep(RECOVERY_RETRY)
+        self.readiness.finish()
+        self.scheduler.start()
+        self._purger = asyncio.create_task(purge_loop(self.store), name="purge")
+
+    async def wait_recovered(self) -> None:
+        """Until the recovery at start is done."""
+        if self._recovery is not None:
+            await asyncio.shield(self._recovery)
 
     def _log_access_mode(self) -> None:
         if self.store.access.token_mode:
@@ -151,9 +174,13 @@ class Server:
                 if not await self._app[INFLIGHT_KEY].wait_idle(SHUTDOWN_TIMEOUT):
                     log.warning("shutdown: requests still in flight after %ss", SHUTDOWN_TIMEOUT)
 
-            if self._purger is not None:
-                self._purger.cancel()
+            recovered = self._recovery is not None and self._recovery.done()
+            for task in (self._recovery, self._purger):
+                if task is not None:
+                    task.cancel()
             await asyncio.gather(_drain(), self.scheduler.stop(SHUTDOWN_TIMEOUT))
+            if recovered:
+                await end_run(self.store)  # the metadata db matches storage: the next start need not list it
         if self._runner is not None:
             await self._runner.cleanup()
         if self._metrics_runner is not None:

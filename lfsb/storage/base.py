@@ -69,6 +69,10 @@ def object_key(cluster: str, database: str, level: int, min_txid: int, max_txid:
     return level_prefix(cluster, database, level) + format_filename(min_txid, max_txid)
 
 
+MARKER_PREFIX = ".lfsb/"
+"""Where the server's own small objects live: a name no cluster can have (names never start with a dot)."""
+
+
 def parse_level(name: str) -> int:
     """A level path component: canonical decimal (``9``, not ``09``). Raises ValueError otherwise."""
     if not _DECIMAL.fullmatch(name) or str(int(name)) != name:
@@ -196,6 +200,19 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     async def list_levels(self, cluster: str, database: str) -> list[int]:
         """Levels of a database that have stored files, sorted."""
+
+    @abc.abstractmethod
+    async def list_cluster(self, cluster: str) -> dict[str, list[FileInfo]]:
+        """Every file of every database of a cluster, by database, in one listing (S3: a request per
+        1,000 files instead of several per database)."""
+
+    @abc.abstractmethod
+    async def read_marker(self, name: str) -> str | None:
+        """The text of the small object ``.lfsb/<name>`` (outside every cluster), None if there is none."""
+
+    @abc.abstractmethod
+    async def write_marker(self, name: str, text: str) -> None:
+        """Write the small object ``.lfsb/<name>``."""
 
     @abc.abstractmethod
     async def upload(

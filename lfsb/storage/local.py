@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from .base import (
+    MARKER_PREFIX,
     FileInfo,
     FileMetadata,
     NotFound,
@@ -215,6 +216,33 @@ class LocalStore(ObjectStore):
             with contextlib.suppress(ValueError):
                 levels.append(parse_level(name))
         return sorted(levels)
+
+    def _list_cluster_sync(self, cluster: str) -> dict[str, list[FileInfo]]:
+        found: dict[str, list[FileInfo]] = {}
+        prefix = cluster_prefix(cluster)
+        for database in self._list_dirs_sync(prefix):
+            for level in self._list_dirs_sync(f"{prefix}{database}/"):
+                with contextlib.suppress(ValueError):
+                    files = self._list_files_sync(level_prefix(cluster, database, parse_level(level)))
+                    found.setdefault(database, []).extend(files)
+        return found
+
+    async def list_cluster(self, cluster: str) -> dict[str, list[FileInfo]]:
+        return await self._run(self._list_cluster_sync, cluster)
+
+    def _read_marker_sync(self, name: str) -> str | None:
+        try:
+            return (self.root / MARKER_PREFIX / name).read_text()
+        except FileNotFoundError:
+            return None
+
+    async def read_marker(self, name: str) -> str | None:
+        return await self._run(self._read_marker_sync, name)
+
+    async def write_marker(self, name: str, text: str) -> None:
+        await self._run(
+            self._write_atomic, self.root / MARKER_PREFIX / name, lambda f: f.write(text.encode())
+        )
 
     # -- objects -----------------------------------------------------------------------------------------
 

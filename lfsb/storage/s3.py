@@ -38,6 +38,7 @@ from botocore.exceptions import (
 
 from ..config import S3Settings, s3_settings
 from .base import (
+    MARKER_PREFIX,
     FileInfo,
     FileMetadata,
     NotFound,
@@ -257,11 +258,14 @@ class S3Store(ObjectStore):
 
     # -- listing -----------------------------------------------------------------------------------------
 
-    async def _list(self, prefix: str) -> tuple[list[dict[str, Any]], list[str]]:
-        """All objects directly under ``prefix`` and the names of its sub-prefixes (delimiter ``/``)."""
+    async def _list(self, prefix: str, recursive: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+        """All objects directly under ``prefix`` and the names of its sub-prefixes (delimiter ``/``), or
+        with ``recursive`` every object under it."""
         objects: list[dict[str, Any]] = []
         names: list[str] = []
-        params: dict[str, Any] = {"Prefix": prefix, "Delimiter": "/", "MaxKeys": self._max_keys}
+        params: dict[str, Any] = {"Prefix": prefix, "MaxKeys": self._max_keys}
+        if not recursive:
+            params["Delimiter"] = "/"
         while True:
             page = await self._call(f"list {self._where(prefix)}", "list_objects_v2", **params)
             objects.extend(page.get("Contents", []))
@@ -272,20 +276,31 @@ class S3Store(ObjectStore):
 
     async def list_files(self, cluster: str, database: str, level: int) -> list[FileInfo]:
         objects, _ = await self._list(level_prefix(cluster, database, level))
-        infos = []
-        for obj in objects:
-            try:
-                c, d, lvl, min_txid, max_txid = parse_object_key(obj["Key"])
-            except ValueError:
-                continue
-            infos.append(
-                FileInfo(c, d, lvl, min_txid, max_txid, obj["Size"], obj["LastModified"].astimezone(UTC))
-            )
-        return sorted(infos, key=lambda i: (i.min_txid, i.max_txid))
+        return sorted(_file_infos(objects), key=lambda i: (i.min_txid, i.max_txid))
+
+    async def list_cluster(self, cluster: str) -> dict[str, list[FileInfo]]:
+        objects, _ = await self._list(cluster_prefix(cluster), recursive=True)
+        found: dict[str, list[FileInfo]] = {}
+        for info in _file_infos(objects):
+            found.setdefault(info.database, []).append(info)
+        return found
+
+    async def read_marker(self, name: str) -> str | None:
+        key = MARKER_PREFIX + name
+        try:
+            resp = await self._call(f"read {self._where(key)}", "get_object", Key=key)
+        except NotFound:
+            return None
+        async with resp["Body"] as body:
+            return (await body.read()).decode()
+
+    async def write_marker(self, name: str, text: str) -> None:
+        key = MARKER_PREFIX + name
+        await self._call(f"write {self._where(key)}", "put_object", Key=key, Body=text.encode())
 
     async def list_clusters(self) -> list[str]:
         _, names = await self._list("")
-        return sorted(n for n in names if n)
+        return sorted(n for n in names if n and not n.startswith("."))  # .lfsb/ holds markers
 
     async def list_databases(self, cluster: str) -> list[str]:
         _, names = await self._list(cluster_prefix(cluster))
@@ -451,6 +466,20 @@ class S3Store(ObjectStore):
             await self._call(f"check {self}", "head_bucket")
         except NotFound:
             raise StorageError(f"S3 bucket {self.bucket!r} does not exist ({self})") from None
+
+
+def _file_infos(objects: list[dict[str, Any]]) -> list[FileInfo]:
+    """The LTX files among listed objects (other keys are skipped)."""
+    infos = []
+    for obj in objects:
+        try:
+            c, d, lvl, min_txid, max_txid = parse_object_key(obj["Key"])
+        except ValueError:
+            continue
+        infos.append(
+            FileInfo(c, d, lvl, min_txid, max_txid, obj["Size"], obj["LastModified"].astimezone(UTC))
+        )
+    return infos
 
 
 def _finish(out: BinaryIO, tail: bytes) -> None:

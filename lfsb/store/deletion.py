@@ -238,16 +238,18 @@ async def finish_moves(store: Store) -> None:
         log.info("interrupted move finished cluster=%s database=%s from=%s", cluster, name, old)
 
 
-async def leftover_of_delete(store: Store, cluster: str, name: str, infos: list[FileInfo]) -> bool:
-    """Recovery from storage alone: whether the objects of live ``name`` are all copies held by a deleted
-    copy of it (a delete interrupted between its copy and the removal of the originals). They are then
-    removed, so the deleted database stays deleted."""
+async def leftover_of_delete(
+    store: Store, cluster: str, name: str, listing: dict[str, list[FileInfo]]
+) -> bool:
+    """Recovery from storage alone: whether the objects of live ``name`` (in ``listing``, the cluster's)
+    are all copies held by a deleted copy of it (a delete interrupted between its copy and the removal of
+    the originals). They are then removed, so the deleted database stays deleted."""
+    infos = listing[name]
     keys = {(i.level, i.min_txid, i.max_txid) for i in infos}
-    for sibling in await store.objects.list_databases(cluster):
+    for sibling, sibling_infos in listing.items():
         if (parse_deleted_name(sibling) or ("",))[0] != name:
             continue
-        held = {(i.level, i.min_txid, i.max_txid) for i in await _list_objects(store, cluster, sibling)}
-        if keys <= held:
+        if keys <= {(i.level, i.min_txid, i.max_txid) for i in sibling_infos}:
             await store.objects.delete(infos)
             log.info("interrupted delete finished cluster=%s database=%s copy=%s", cluster, name, sibling)
             return True

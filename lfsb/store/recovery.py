@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import shutil
 import sqlite3
 
+from ..errors import Kind, LfsbError
 from ..faults import crash_point
 from ..ltx import Decoder, frame_checksum
 from ..storage import FileInfo
@@ -29,6 +31,8 @@ from .writes import replace_database, update_index
 log = logging.getLogger(__name__)
 
 METADATA_CONCURRENCY = 32
+RECOVERY_CONCURRENCY = 16
+"""Databases recovered at once."""
 
 
 async def _describe(store: Store, infos: list[FileInfo]) -> list[LTXFile]:
@@ -51,14 +55,6 @@ async def _describe(store: Store, infos: list[FileInfo]) -> list[LTXFile]:
         )
 
     return list(await asyncio.gather(*(_one(i) for i in infos)))
-
-
-async def _list_all(store: Store, cluster: str, name: str) -> list[FileInfo]:
-    infos: list[FileInfo] = []
-    for level in await store.objects.list_levels(cluster, name):
-        if level > 0:
-            infos += await store.objects.list_files(cluster, name, level)
-    return infos
 
 
 async def _rebuild(store: Store, cluster: str, name: str, infos: list[FileInfo]) -> None:
@@ -122,13 +118,16 @@ async def _reconcile(store: Store, db: Database, infos: list[FileInfo]) -> None:
     )
 
 
-async def _recover_database(store: Store, cluster: str, name: str) -> bool:
-    """Rebuild or reconcile one database; False when storage holds no file of it."""
-    infos = await _list_all(store, cluster, name)
+async def _recover_database(
+    store: Store, cluster: str, name: str, listing: dict[str, list[FileInfo]]
+) -> bool:
+    """Rebuild or reconcile one database from its files in ``listing`` (its cluster's, level 0 never
+    in storage); False when it is not recovered as a live or deleted database."""
+    infos = [i for i in listing[name] if i.level > 0]
     if not infos:
         return False
     local = await store.meta.read(lambda c: find_database(c, cluster, name))
-    if local is None and await leftover_of_delete(store, cluster, name, infos):
+    if local is None and await leftover_of_delete(store, cluster, name, listing):
         return False
     if local is None or local.txid < max(i.max_txid for i in infos):
         await _rebuild(store, cluster, name, infos)
@@ -143,22 +142,120 @@ def _indexed_databases(conn: sqlite3.Connection) -> list[Database]:
     return [Database.from_row(r) for r in conn.execute(query)]
 
 
-async def recover(store: Store) -> None:
+class Readiness:
+    """While the server recovers at start, which clusters are not served yet (a request for one gets 503
+    ``ERECOVERING`` with ``Retry-After``: its positions may still be behind storage) and how far it got.
+    Until the clusters to recover are known, none is served."""
+
+    def __init__(self) -> None:
+        self.pending: set[str] | None = None
+        """The clusters not recovered yet; None: not known yet (every cluster waits)."""
+        self.recovering = True
+        self.databases = 0
+        """Databases recovered so far."""
+        self.clusters_total = 0
+
+    def start(self, clusters: set[str]) -> None:
+        """Recovery of ``clusters`` begins: none of them is served until it is done; others are."""
+        self.pending = set(clusters)
+        self.clusters_total = len(clusters)
+
+    def ready(self, cluster: str) -> None:
+        """Every database of ``cluster`` is recovered."""
+        if self.pending is not None:
+            self.pending.discard(cluster)
+
+    def finish(self) -> None:
+        """The recovery is over."""
+        self.pending = set()
+        self.recovering = False
+
+    def check(self, cluster: str) -> None:
+        """503 ``ERECOVERING`` while ``cluster`` may still be recovered."""
+        if self.pending is None or cluster in self.pending:
+            raise LfsbError(
+                Kind.UNAVAILABLE,
+                "ERECOVERING",
+                "the server is recovering this cluster from object storage: retry in a few seconds",
+            )
+
+    def progress(self) -> dict[str, int]:
+        """Counts for ``/healthz`` (never names)."""
+        pending = len(self.pending) if self.pending is not None else self.clusters_total
+        return {
+            "clusters": self.clusters_total - pending,
+            "clustersTotal": self.clusters_total,
+            "databases": self.databases,
+        }
+
+
+# -- whether storage changed while the server was down ---------------------------------------------
+EPOCH_MARKER = "epoch"
+
+
+def _server_state(conn: sqlite3.Connection) -> dict[str, str]:
+    return dict(conn.execute("SELECT key, value FROM server_state").fetchall())
+
+
+def set_server_state(conn: sqlite3.Connection, values: dict[str, str]) -> None:
+    """Write ``server_state`` keys (a metadata write)."""
+    conn.executemany("INSERT OR REPLACE INTO server_state (key, value) VALUES (?, ?)", list(values.items()))
+
+
+async def begin_run(store: Store) -> bool:
+    """Mark this run (a new epoch, in the metadata db first, then in storage); whether storage is as the
+    last run left it: that run stopped gracefully and no other server has written its mark since. Only
+    then can a restart skip the listing of all of storage."""
+    state = await store.meta.read(_server_state)
+    mark = await store.objects.read_marker(EPOCH_MARKER)
+    unchanged = state.get("clean") == "1" and mark is not None and mark == state.get("epoch")
+    epoch = secrets.token_hex(16)
+    await store.meta.write(set_server_state, {"epoch": epoch, "clean": "0"})
+    await store.objects.write_marker(EPOCH_MARKER, epoch)
+    return unchanged
+
+
+async def end_run(store: Store) -> None:
+    """After a graceful stop with nothing left running: the metadata db matches storage."""
+    await store.meta.write(set_server_state, {"clean": "1"})
+
+
+async def recover(store: Store, readiness: Readiness, full: bool) -> None:
     """Rebuild or reconcile the local state of every database found in storage, and drop the index
-    entries of databases with nothing left in storage. A database that cannot be recovered (say, its
-    files in storage do not start with a snapshot) is logged and left as it is; the others go on."""
+    entries of databases with nothing left in storage; with ``full`` False (storage unchanged since a
+    graceful stop) only interrupted moves are finished. Clusters are listed in one request per 1,000
+    files and recovered one after another, 16 databases at a time; each is served once done. A database
+    that cannot be recovered (say, its files in storage do not start with a snapshot) is logged and left
+    as it is; the others go on."""
     started = now_ms()
     await finish_moves(store)
-    count = 0
-    listed: set[tuple[str, str]] = set()
-    for cluster in await store.objects.list_clusters():
-        for name in await store.objects.list_databases(cluster):
-            listed.add((cluster, name))
-            try:
-                count += await _recover_database(store, cluster, name)
-            except Exception:
-                log.exception("cannot recover database from storage cluster=%s database=%s", cluster, name)
-    for db in await store.meta.read(_indexed_databases):
-        if (db.cluster, db.name) not in listed:
-            await _reconcile(store, db, [])
-    log.info("storage scanned databases=%d ms=%d", count, now_ms() - started)
+    if not full:
+        log.info("storage unchanged since the last graceful stop: nothing to recover")
+        return
+    indexed = await store.meta.read(_indexed_databases)
+    clusters = set(await store.objects.list_clusters())
+    readiness.start(clusters | {db.cluster for db in indexed})
+    sem = asyncio.Semaphore(RECOVERY_CONCURRENCY)
+    for cluster in sorted(readiness.pending or ()):
+        listing = await store.objects.list_cluster(cluster) if cluster in clusters else {}
+
+        async def _one(name: str, cluster: str = cluster, listing: dict = listing) -> None:
+            async with sem:
+                try:
+                    readiness.databases += await _recover_database(store, cluster, name, listing)
+                except Exception:
+                    log.exception(
+                        "cannot recover database from storage cluster=%s database=%s", cluster, name
+                    )
+
+        await asyncio.gather(*(_one(name) for name in sorted(listing)))
+        for db in indexed:
+            if db.cluster == cluster and db.name not in listing:
+                await _reconcile(store, db, [])
+        readiness.ready(cluster)
+    log.info(
+        "storage scanned clusters=%d databases=%d ms=%d",
+        readiness.clusters_total,
+        readiness.databases,
+        now_ms() - started,
+    )
