@@ -264,6 +264,7 @@ async def age_files(server: Server, seconds: float) -> None:
 def _age(conn: sqlite3.Connection, ms: int) -> None:
     conn.execute("UPDATE l0_files SET created_at = created_at - ?", (ms,))
     conn.execute("UPDATE remote_files SET created_at = created_at - ?", (ms,))
+    conn.execute("UPDATE databases SET retention_due_at = retention_due_at - ?", (ms,))  # time moved on
 
 
 async def in_writer(server: Server, fn: Callable[..., None], *args: object) -> None:

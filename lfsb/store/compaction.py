@@ -18,6 +18,7 @@ from ..faults import crash_point
 from ..ltx import format_txid
 from ..observability import report_exception, timed
 from ..storage import FileMetadata
+from .db import now_ms
 from .levels import SNAPSHOT_LEVEL, Level
 from .records import L0, Database, LTXFile
 from .retention import enforce_retention
@@ -160,7 +161,7 @@ class Scheduler:
         if None not in results:
             self.store.metrics.compaction_succeeded(level)
         if level != 1:  # a sweep for idle databases too (L1 runs are too frequent for that)
-            for db in await self._all_databases():
+            for db in await self._retention_due():
                 if db not in candidates:
                     await self._step(*db, None)
         return written
@@ -194,18 +195,23 @@ class Scheduler:
             metrics.compaction_runs.labels(label).inc()
             return int(done is not None)
 
-    async def _all_databases(self) -> list[tuple[str, str]]:
-        return await self.store.meta.read(
-            lambda c: [
-                tuple(r)
-                for r in c.execute(
-                    "SELECT cluster, name FROM databases WHERE deleted_at IS NULL ORDER BY cluster, name"
-                )
-            ]
+    async def _retention_due(self) -> list[tuple[str, str]]:
+        """Databases whose retention may have work now (never all of them: see ``next_due``)."""
+        query = (
+            "SELECT cluster, name FROM databases WHERE deleted_at IS NULL"
+            " AND (retention_due_at IS NULL OR retention_due_at <= ?) ORDER BY cluster, name"
         )
+        return await self.store.meta.read(lambda c: [tuple(r) for r in c.execute(query, (now_ms(),))])
 
     async def _candidates(self, level: int) -> list[tuple[str, str]]:
         """Databases whose source level is ahead of ``level``."""
+        if level == 1:  # the transactions not yet in level 1 are those past the HWM (a partial index)
+            return await self.store.meta.read(
+                lambda c: c.execute(
+                    "SELECT cluster, name FROM databases WHERE txid > hwm AND deleted_at IS NULL"
+                    " ORDER BY cluster, name"
+                ).fetchall()
+            )
         src = self.levels[-1].level if level == SNAPSHOT_LEVEL else level - 1
         query = (
             "SELECT d.cluster, d.name FROM databases d WHERE d.deleted_at IS NULL AND "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sqlite3
 from collections.abc import Mapping
 
 from ..faults import crash_point
@@ -25,6 +26,8 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 _EXPIRED_PENALTY = 1 << 50
+NEVER = (1 << 63) - 1
+"""``retention_due_at`` of a database with nothing that will ever expire by age alone."""
 
 
 def expired_files(
@@ -57,10 +60,33 @@ def expired_files(
     return [f for f in files if f.key in stale and f.key not in needed]
 
 
+def next_due(files: list[LTXFile], retention: Mapping[int, float]) -> int | None:
+    """When the next file of ``files`` reaches its level's retention (ms; None: none will). A file past
+    it but kept (the newest of its level, not yet taken in by the next level, or needed by a retained
+    point) can only go once new files arrive, and a compaction step, which enforces retention, comes
+    with those."""
+    now = now_ms()
+    due = [
+        f.created_at + int(retention[f.level] * 1000)
+        for f in files
+        if f.level in retention and f.created_at + retention[f.level] * 1000 > now
+    ]
+    return min(due, default=None)
+
+
+def set_due(conn: sqlite3.Connection, db_id: int, due: int | None) -> None:
+    """Record when retention next has work for a database (a metadata write)."""
+    conn.execute("UPDATE databases SET retention_due_at = ? WHERE id = ?", (due, db_id))
+
+
 async def enforce_retention(store: Store, db: Database, retention: Mapping[int, float]) -> int:
-    """Delete the expired files of ``db`` that no retained point needs; returns how many."""
+    """Delete the expired files of ``db`` that no retained point needs, and record when retention will
+    next have work for it; returns how many files went."""
     files = await store.files(db)
     doomed = expired_files(files, retention, db.txid, now_ms())
+    doomed_keys = {(f.level, f.min_txid) for f in doomed}
+    due = next_due([f for f in files if (f.level, f.min_txid) not in doomed_keys], retention)
+    await store.meta.write(set_due, db.id, due if due is not None else NEVER)
     if not doomed:
         return 0
     await store.remove_l0(db, [f for f in doomed if f.level == L0])
