@@ -294,8 +294,10 @@ class Connection:
     cores with the server: this costs the bench about a quarter of the CPU per request aiohttp did.
     """
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, headers: str = REQUEST_HEADERS) -> None:
+        """``headers``: what follows ``Host``, ``User-Agent`` and ``Transfer-Encoding``."""
         self.port = port
+        self.headers = headers
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -309,7 +311,7 @@ class Connection:
         )
         if body is not None:
             head += "Transfer-Encoding: chunked\r\n"
-        self.writer.write(f"{head}{REQUEST_HEADERS}\r\n".encode())
+        self.writer.write(f"{head}{self.headers}\r\n".encode())
         if body is not None:
             for part in (body[: ltx.HEADER_SIZE], body[ltx.HEADER_SIZE : -ltx.TRAILER_SIZE]):
                 self.writer.write(b"%x\r\n%b\r\n" % (len(part), part))
@@ -333,14 +335,15 @@ class Connection:
 
 
 async def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
-    """Wait until ``GET /healthz`` answers 200."""
+    """Wait until ``GET /healthz`` answers 200 ``ok`` (recovered from storage)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"lfsb-server exited with {proc.returncode}")
         conn = Connection(port)
         try:
-            if (await conn.request("GET", "/healthz"))[0] == 200:
+            status, _, body = await conn.request("GET", "/healthz")
+            if status == 200 and json.loads(body)["status"] == "ok":
                 return
         except (OSError, asyncio.IncompleteReadError):
             pass

@@ -52,6 +52,12 @@ class Metrics:
         self.auth_failures = Counter(
             "lfsb_auth_failures", "Refused authentications, by reason.", ["reason"], registry=r
         )
+        self.storage_requests = Counter(
+            "lfsb_storage_requests",
+            "Object storage calls made (a listing of many pages counts once), by operation.",
+            ["operation"],
+            registry=r,
+        )
         self.storage_errors = Counter(
             "lfsb_storage_errors",
             "Object storage requests that failed (after retries).",
@@ -190,11 +196,13 @@ def timed(histogram: Histogram) -> Callable[[], float]:
 
 
 class CountingObjectStore:
-    """Wraps an object store so that every failed call counts in ``lfsb_storage_errors``."""
+    """Wraps an object store so that every call counts in ``lfsb_storage_requests`` and every failed one
+    in ``lfsb_storage_errors``."""
 
-    def __init__(self, inner: object, counter: Counter) -> None:
+    def __init__(self, inner: object, metrics: Metrics) -> None:
         self._inner = inner
-        self._counter = counter
+        self._requests = metrics.storage_requests
+        self._errors = metrics.storage_errors
 
     def __getattr__(self, name: str) -> object:
         attr = getattr(self._inner, name)
@@ -202,10 +210,11 @@ class CountingObjectStore:
             return attr
 
         async def _counted(*args: object, **kwargs: object) -> object:
+            self._requests.labels(name).inc()
             try:
                 return await attr(*args, **kwargs)
             except StorageError:
-                self._counter.labels(name).inc()
+                self._errors.labels(name).inc()
                 raise
 
         return _counted

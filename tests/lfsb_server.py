@@ -435,7 +435,7 @@ async def server_state(server: Server, client: Client) -> ServerState:
     contents = {}
     for name in positions:
         status, _, raw = await client.request("GET", f"/db/snapshot?db={name}&format=sqlite")
-        assert status == 200
+        assert status == 200, raw
         contents[name] = hashlib.sha256(raw).hexdigest()
     return ServerState(positions, contents, files)
 

@@ -256,6 +256,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     route = route_of(request)
     if route is None or route in PUBLIC_ROUTES:
         return await handler(request)
+    request.app[READINESS_KEY].check_started()  # tokens are not loaded before
     store = request.app[STORE_KEY]
     access = store.access
     remote = request.remote or ""
@@ -728,6 +729,9 @@ async def healthz(request: web.Request) -> web.Response:
     failing parts only (what failed, with bucket or path, goes to the log, never to an unauthenticated
     caller)."""
     store = request.app[STORE_KEY]
+    readiness = request.app[READINESS_KEY]
+    if readiness.pending is None:  # the data directory is not open yet
+        return web.json_response({"status": "starting"})
     failing = []
     try:
         await store.meta.read(lambda c: c.execute("SELECT 1").fetchone())
@@ -742,7 +746,6 @@ async def healthz(request: web.Request) -> web.Response:
         log.warning("health check failed part=storage error=%s", str(e) or type(e).__name__)
     if failing:
         return web.json_response({"status": "unavailable", "failing": failing}, status=503)
-    readiness = request.app[READINESS_KEY]
     if readiness.recovering:  # serving already: a health check must not kill it while it recovers
         return web.json_response({"status": "recovering", "progress": readiness.progress()})
     return web.json_response({"status": "ok"})

@@ -14,7 +14,6 @@ from ..config import Config, load_config
 from ..errors import LfsbError
 from ..observability import flush_sentry, init_sentry
 from ..storage import LocalStore, ObjectStore, StorageError
-from ..storage.s3 import S3Store
 from ..store.compaction import Scheduler
 from ..store.deletion import purge_loop
 from ..store.recovery import Readiness, begin_run, end_run, recover
@@ -42,6 +41,8 @@ def open_object_store(config: Config) -> ObjectStore:
             "BUCKET_NAME is not set: backups are stored in the local directory path=%s", config.objects_path
         )
         return LocalStore(config.objects_path)
+    from ..storage.s3 import S3Store  # aiobotocore takes a while to import: only when S3 is used
+
     return S3Store.from_settings(config.s3)
 
 
@@ -73,18 +74,9 @@ class Server:
         return _base_url(self._runner)
 
     async def start(self) -> None:
-        """Open the data directory and storage, recover from storage, listen, start compaction."""
+        """Listen, open the data directory and storage, then recover from storage in the background
+        (until a cluster is recovered, its routes answer 503) and start compaction after it."""
         config = self.config
-        try:
-            await self.store.open()
-        except OSError as e:
-            raise StartupError(f"LFSB_DATA_PATH: cannot use {config.data_path}: {e.strerror or e}") from None
-        try:
-            await self.objects.check()
-        except StorageError as e:
-            setting = "BUCKET_NAME" if config.s3 else "LFSB_DATA_PATH"
-            raise StartupError(f"{setting}: object storage unusable: {e}") from None
-        full_scan = not await begin_run(self.store)
         self._app = create_app(
             self.store, self.readiness, serve_metrics=config.metrics_bind is None and config.loopback
         )
@@ -107,13 +99,36 @@ class Server:
             raise StartupError(
                 f"LFSB_BIND: cannot listen on {config.host}:{config.port}: {e.strerror or e}"
             ) from None
-        if config.metrics_bind is not None:
-            await self._serve_metrics(*config.metrics_bind)
-        elif not config.loopback:
-            log.info("/metrics is not served on a non-loopback address: set LFSB_METRICS_BIND to serve it")
+        try:
+            full_scan = await self._open()
+            if config.metrics_bind is not None:
+                await self._serve_metrics(*config.metrics_bind)
+            elif not config.loopback:
+                log.info(
+                    "/metrics is not served on a non-loopback address: set LFSB_METRICS_BIND to serve it"
+                )
+        except BaseException:
+            await self._runner.cleanup()  # stop listening: nothing else was started
+            self._runner = self._site = None
+            raise
         self._log_access_mode()
         log.info("server listening url=%s data=%s storage=%s", self.url, config.data_path, self.objects)
         self._recovery = asyncio.create_task(self._recover(full_scan), name="recovery")
+
+    async def _open(self) -> bool:
+        """Open the data directory and check storage (listening already); whether storage must be
+        scanned in full."""
+        config = self.config
+        try:
+            await self.store.open()
+        except OSError as e:
+            raise StartupError(f"LFSB_DATA_PATH: cannot use {config.data_path}: {e.strerror or e}") from None
+        try:
+            await self.objects.check()
+        except StorageError as e:
+            setting = "BUCKET_NAME" if config.s3 else "LFSB_DATA_PATH"
+            raise StartupError(f"{setting}: object storage unusable: {e}") from None
+        return not await begin_run(self.store)
 
     async def _recover(self, full_scan: bool) -> None:
         """Recover from storage while serving (retried while storage fails), then start the scheduled

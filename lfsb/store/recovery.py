@@ -170,9 +170,14 @@ class Readiness:
         self.pending = set()
         self.recovering = False
 
+    def check_started(self) -> None:
+        """503 ``ESTARTING`` until the data directory is open and the clusters to recover are known."""
+        if self.pending is None:
+            raise LfsbError(Kind.UNAVAILABLE, "ESTARTING", "the server is starting: retry in a few seconds")
+
     def check(self, cluster: str) -> None:
-        """503 ``ERECOVERING`` while ``cluster`` may still be recovered."""
-        if self.pending is None or cluster in self.pending:
+        """503 ``ERECOVERING`` while ``cluster`` is being recovered."""
+        if self.pending is not None and cluster in self.pending:
             raise LfsbError(
                 Kind.UNAVAILABLE,
                 "ERECOVERING",

@@ -83,17 +83,29 @@ class SnapshotCache:
             return open(entry[1], "rb")
 
     def put(self, db_id: int, txid: int, built: Path) -> BinaryIO:
-        """Keep the snapshot file ``built`` as the entry of ``db_id`` and open it (worker thread)."""
-        path = self.root / f"{db_id}-{txid:016x}.ltx"
-        built.replace(path)
-        f = open(path, "rb")  # noqa: SIM115 - the caller closes it; opened before any eviction
+        """Keep the snapshot file ``built`` as the entry of ``db_id`` and open it (worker thread). The
+        cache takes at most an eighth of the free space too: a file larger than that is not kept."""
+        f = open(built, "rb")  # noqa: SIM115 - the caller closes it; readable after any unlink
+        size = os.fstat(f.fileno()).st_size
+        limit = min(self.limit, shutil.disk_usage(self.root).free // 8)
         with self._mutex:
             self._forget(db_id)
-            self._entries[db_id] = (txid, path, os.fstat(f.fileno()).st_size)
-            while sum(size for _, _, size in self._entries.values()) > self.limit and len(self._entries) > 1:
+            if size > limit:
+                built.unlink()
+                return f
+            path = self.root / f"{db_id}-{txid:016x}.ltx"
+            built.replace(path)
+            self._entries[db_id] = (txid, path, size)
+            while sum(size for _, _, size in self._entries.values()) > limit:
                 _, (_, old, _) = self._entries.popitem(last=False)
                 old.unlink(missing_ok=True)
         return f
+
+    def clear(self) -> None:
+        """Give back all the space the cache takes (worker thread)."""
+        with self._mutex:
+            for db_id in list(self._entries):
+                self._forget(db_id)
 
     def drop(self, db_id: int) -> None:
         """Forget the entry of ``db_id`` (worker thread)."""
@@ -146,7 +158,7 @@ class Store:
     def __init__(self, config: Config, objects: ObjectStore, metrics: Metrics | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
-        self.objects: ObjectStore = CountingObjectStore(objects, self.metrics.storage_errors)  # type: ignore[assignment]
+        self.objects: ObjectStore = CountingObjectStore(objects, self.metrics)  # type: ignore[assignment]
         self.data_path = config.data_path
         self.tmp_dir = self.data_path / "tmp"
         self.l0_dir = self.data_path / "l0"
@@ -193,6 +205,9 @@ class Store:
         if self._exports >= self.config.max_exports:
             raise busy(f"{self._exports} exports are running, the most allowed (LFSB_MAX_EXPORTS)")
         free = (await asyncio.to_thread(shutil.disk_usage, self.tmp_dir)).free
+        if free - self._export_bytes - need < self.config.disk_reserve:
+            await asyncio.to_thread(self.snapshots.clear)  # kept snapshots give their space first
+            free = (await asyncio.to_thread(shutil.disk_usage, self.tmp_dir)).free
         if free - self._export_bytes - need < self.config.disk_reserve:
             raise busy("not enough free space in the data directory for this export now (LFSB_DISK_RESERVE)")
         self._exports += 1

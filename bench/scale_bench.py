@@ -1,0 +1,283 @@
+"""Benchmark of scale: many databases on one server, on the local store and on S3 (moto).
+
+Run ``python bench/scale_bench.py`` (``--n N`` databases, default 100,000; ``--quick``: 1,000;
+``--storage local|s3|both``, default both; ``--idle S``: seconds of idle CPU measured, default 20). Needs the
+test extras (``pip install -e '.[test]'``) for moto.
+
+Workload: ``N`` databases in 100 clusters, one of which ("big") holds ``min(10,000, N/2)`` of them; each
+database gets a 2-page snapshot and 2 incremental transactions, sent as LiteFS sends them (``POST /db/tx``,
+chunked, 32 connections). ``lfsb-server`` runs in a subprocess with level 1 every 2 s.
+
+Printed for each store: ingest rate (transactions/s) and p99 of ``POST /db/tx``; memory of all server
+processes (Pss, shared pages once) once compaction has settled; p50/p99 of ``GET /pos`` for the big cluster;
+idle CPU (% of one core) once compaction has settled; after a graceful restart, and after a recovery from
+storage alone (a new data directory), the seconds to listening (a TCP connect succeeds) and to fully
+serving (``/healthz`` says ``ok``), with the object-storage requests the recovery made
+(``lfsb_storage_requests_total``: calls; a listing counts once, S3 pages it per 1,000 keys). Targets (at 100,000 databases): memory < 300 MiB, idle < 2 % of a core,
+listening within 2 s, fully serving after a restart within 30 s; printed as PASS/FAIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+for path in (REPO, REPO / "bench"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import ingest_bench as ib  # noqa: E402
+
+from tests.s3server import S3Server, create_bucket  # noqa: E402
+
+CLUSTERS = 100
+BIG = 10_000
+CONNECTIONS = 32
+LEVELS = "1=2s/1h,2=1h/30d,3=2h/30d"
+MEMORY_TARGET_MIB = 300
+IDLE_TARGET = 2.0
+LISTEN_TARGET = 2.0
+RESTART_TARGET = 30.0
+
+
+def headers(cluster: str) -> str:
+    """What LiteFS sends after ``Host``, ``User-Agent`` and ``Transfer-Encoding``, for ``cluster``."""
+    return f"Authorization: cluster {cluster}\r\nAccept-Encoding: gzip\r\n"
+
+
+def layout(n: int) -> list[tuple[str, str]]:
+    """(cluster, database) of every database: the big cluster first, the rest spread over 99 others."""
+    big = min(BIG, n // 2)
+    names = [("big", f"db{i:05d}") for i in range(big)]
+    return names + [(f"c{i % (CLUSTERS - 1):02d}", f"db{i:06d}") for i in range(n - big)]
+
+
+def bodies() -> list[bytes]:
+    """The same three LTX files for every database: a 2-page snapshot and two incrementals."""
+    pool = ib.page_pool(random.Random(0))
+    db = ib.build_database("x", pool, commit=2, files=2, per_file=1, seed=1)
+    return [db.snapshot, *db.bodies]
+
+
+class Server:
+    """``lfsb-server`` in a subprocess."""
+
+    def __init__(self, data: Path, port: int, env: dict[str, str]) -> None:
+        self.port = port
+        full = {
+            **os.environ,
+            **env,
+            "LFSB_DATA_PATH": str(data),
+            "LFSB_BIND": f"127.0.0.1:{port}",
+            "LFSB_LEVELS": LEVELS,
+            "LFSB_SNAPSHOT_INTERVAL": "720h",
+            "LFSB_LOG_LEVEL": "warning",
+            "PYTHONPATH": str(REPO),
+        }
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from lfsb.server.main import main; main()"],
+            env=full,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    async def listening(self) -> float:
+        """Seconds from start until a TCP connect succeeds."""
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"lfsb-server exited with {self.proc.returncode}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                return time.monotonic() - self.started
+            await asyncio.sleep(0.01)
+
+    async def serving(self) -> float:
+        """Seconds from start until ``/healthz`` says ``ok``."""
+        while True:
+            conn = ib.Connection(self.port)
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError, RuntimeError):
+                status, _, body = await conn.request("GET", "/healthz")
+                if status == 200 and json.loads(body)["status"] == "ok":
+                    await conn.close()
+                    return time.monotonic() - self.started
+            await conn.close()
+            await asyncio.sleep(0.05)
+
+    async def get(self, target: str) -> bytes:
+        conn = ib.Connection(self.port, headers("big"))
+        try:
+            status, _, body = await conn.request("GET", target)
+        finally:
+            await conn.close()
+        if status != 200:
+            raise RuntimeError(f"GET {target}: {status} {body[:200]!r}")
+        return body
+
+    async def metric(self, name: str) -> float:
+        """The sum of every sample of ``name`` in ``/metrics``."""
+        text = (await self.get("/metrics")).decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(120)
+
+
+async def ingest(port: int, names: list[tuple[str, str]], files: list[bytes]) -> tuple[float, float]:
+    """Every database's files, 32 connections at once; transactions/s and p99 ms of ``POST /db/tx``."""
+    queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+    for name in names:
+        queue.put_nowait(name)
+    latencies: list[float] = []
+
+    async def worker() -> None:
+        conns: dict[str, ib.Connection] = {}
+        try:
+            while not queue.empty():
+                cluster, db = queue.get_nowait()
+                conn = conns.get(cluster)
+                if conn is None:
+                    conn = conns[cluster] = ib.Connection(port, headers(cluster))
+                for body in files:
+                    start = time.perf_counter()
+                    status, _, text = await conn.request("POST", f"/db/tx?db={db}", body)
+                    latencies.append(time.perf_counter() - start)
+                    if status != 200:
+                        raise RuntimeError(f"POST {cluster}/{db}: {status} {text!r}")
+        finally:
+            for conn in conns.values():
+                await conn.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(CONNECTIONS)))
+    elapsed = time.perf_counter() - start
+    return len(latencies) / elapsed, statistics.quantiles(latencies, n=100)[98] * 1000
+
+
+async def settle(server: Server) -> None:
+    """Until no database waits for level 1, then one more interval."""
+    while await server.metric('lfsb_compaction_pending{level="1"}') > 0:
+        await asyncio.sleep(1)
+    await asyncio.sleep(3)
+
+
+async def measure(kind: str, n: int, idle_seconds: float, workdir: Path) -> dict[str, float]:
+    """The whole run on one store."""
+    env: dict[str, str] = {}
+    moto: S3Server | None = None
+    if kind == "s3":
+        moto = S3Server()
+        moto.start()
+        env = create_bucket(moto.endpoint).env()
+    try:
+        data = workdir / f"{kind}-data"
+        names = layout(n)
+        server = Server(data, ib.free_port(), env)
+        await server.serving()
+        rate, p99 = await ingest(server.port, names, bodies())
+        await settle(server)
+        memory = ib.memory_mib(server.proc.pid)
+        pos = []
+        for _ in range(20):
+            start = time.perf_counter()
+            await server.get("/pos")
+            pos.append((time.perf_counter() - start) * 1000)
+        cpu = ib.cpu_seconds(server.proc.pid)
+        await asyncio.sleep(idle_seconds)
+        idle = (ib.cpu_seconds(server.proc.pid) - cpu) / idle_seconds * 100
+        server.stop()
+
+        restarted = Server(data, server.port, env)
+        restart = (await restarted.listening(), await restarted.serving())
+        restarted.stop()
+
+        fresh = workdir / f"{kind}-fresh"
+        if kind == "local":
+            shutil.copytree(data / "objects", fresh / "objects")
+        recovered = Server(fresh, server.port, env)
+        recovery = (await recovered.listening(), await recovered.serving())
+        requests = await recovered.metric("lfsb_storage_requests_total")
+        recovered.stop()
+        positions = json.loads(await recovered_positions(fresh, server.port, env))
+        assert len(positions) == min(BIG, n // 2), "the big cluster lost databases"
+    finally:
+        if moto is not None:
+            moto.stop()
+    return {
+        "rate": rate,
+        "p99": p99,
+        "memory": memory,
+        "pos_p50": statistics.median(pos),
+        "pos_p99": max(pos),
+        "idle": idle,
+        "restart_listen": restart[0],
+        "restart_serve": restart[1],
+        "recovery_listen": recovery[0],
+        "recovery_serve": recovery[1],
+        "requests_per_db": requests / n,
+    }
+
+
+async def recovered_positions(data: Path, port: int, env: dict[str, str]) -> bytes:
+    """``GET /pos`` of the big cluster from a server restarted on ``data``."""
+    server = Server(data, port, env)
+    try:
+        await server.serving()
+        return await server.get("/pos")
+    finally:
+        server.stop()
+
+
+def report(kind: str, n: int, r: dict[str, float]) -> None:
+    verdict = {True: "PASS", False: "FAIL"}
+    at_scale = n >= 100_000
+    print(f"\n{kind} store, {n:,} databases in {CLUSTERS} clusters (big cluster: {min(BIG, n // 2):,})")
+    print(f"  ingest               {r['rate']:8.0f} tx/s   p99 POST /db/tx {r['p99']:.1f} ms")
+    memory_ok = verdict[r["memory"] < MEMORY_TARGET_MIB]
+    print(f"  memory (Pss, all)    {r['memory']:8.1f} MiB    target < {MEMORY_TARGET_MIB}: {memory_ok}")
+    print(f"  GET /pos (big)       {r['pos_p50']:8.1f} ms p50, {r['pos_p99']:.1f} ms max")
+    idle_ok = verdict[r["idle"] < IDLE_TARGET]
+    print(f"  idle CPU             {r['idle']:8.2f} % of a core  target < {IDLE_TARGET}: {idle_ok}")
+    for name in ("restart", "recovery"):
+        listen, serve = r[f"{name}_listen"], r[f"{name}_serve"]
+        line = f"  {name:<20} listening {listen:5.2f} s ({verdict[listen <= LISTEN_TARGET]})"
+        line += f", serving {serve:6.2f} s"
+        if name == "restart":
+            line += f" (target {RESTART_TARGET:.0f} s: {verdict[serve <= RESTART_TARGET]})"
+        print(line)
+    print(f"  object-storage calls of the recovery: {r['requests_per_db']:.2f} per database")
+    if not at_scale:
+        print("  (targets are for 100,000 databases; this run is smaller)")
+
+
+def main() -> None:
+    """``python bench/scale_bench.py [--n N | --quick] [--storage local|s3|both] [--idle S]``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=100_000, help="databases (default 100,000)")
+    parser.add_argument("--quick", action="store_true", help="1,000 databases")
+    parser.add_argument("--storage", choices=["local", "s3", "both"], default="both")
+    parser.add_argument("--idle", type=float, default=20.0, help="seconds of idle CPU measured")
+    args = parser.parse_args()
+    n = 1000 if args.quick else args.n
+    kinds = ["local", "s3"] if args.storage == "both" else [args.storage]
+    with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
+        for kind in kinds:
+            report(kind, n, asyncio.run(measure(kind, n, args.idle, Path(tmp))))
+
+
+if __name__ == "__main__":
+    main()
