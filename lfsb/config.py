@@ -92,6 +92,14 @@ class Config:
     disk_reserve: int = 256 * 2**20
     log_level: str = "info"
     log_format: str = "text"
+    verify_interval: float = 86400.0
+    verify_concurrency: int = 1
+    scrub_interval: float = 7 * 86400.0
+    scrub_rate: int = 8 * 2**20
+    notify_url: str | None = field(default=None, repr=False)
+    heartbeat_url: str | None = field(default=None, repr=False)
+    heartbeat_interval: float = 300.0
+    notify_after: float = 600.0
 
     @property
     def loopback(self) -> bool:
@@ -128,6 +136,15 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
     max_exports = env.get("LFSB_MAX_EXPORTS", "4")
     if not max_exports.isdigit() or int(max_exports) < 1:
         raise config_error(f"LFSB_MAX_EXPORTS: {max_exports!r} is not a whole number of at least 1")
+    verify_interval = _positive_duration(env, "LFSB_VERIFY_INTERVAL", "24h")
+    verify_concurrency = env.get("LFSB_VERIFY_CONCURRENCY", "1")
+    if not verify_concurrency.isdigit() or int(verify_concurrency) < 1:
+        raise config_error(
+            f"LFSB_VERIFY_CONCURRENCY: {verify_concurrency!r} is not a whole number of at least 1"
+        )
+    scrub_rate = parse_size(env.get("LFSB_SCRUB_RATE", "8MiB"), "LFSB_SCRUB_RATE")
+    if scrub_rate <= 0:
+        raise config_error("LFSB_SCRUB_RATE: must be greater than zero (bytes per second)")
     return Config(
         data_path=Path(str(data_path)),
         host=host,
@@ -146,4 +163,29 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         disk_reserve=parse_size(env.get("LFSB_DISK_RESERVE", "256MiB"), "LFSB_DISK_RESERVE"),
         log_level=log_level,
         log_format=log_format,
+        verify_interval=verify_interval,
+        verify_concurrency=int(verify_concurrency),
+        scrub_interval=_positive_duration(env, "LFSB_SCRUB_INTERVAL", "7d"),
+        scrub_rate=scrub_rate,
+        notify_url=_url(env, "LFSB_NOTIFY_URL"),
+        heartbeat_url=_url(env, "LFSB_HEARTBEAT_URL"),
+        heartbeat_interval=_positive_duration(env, "LFSB_HEARTBEAT_INTERVAL", "5m"),
+        notify_after=parse_duration(env.get("LFSB_NOTIFY_AFTER", "10m"), "LFSB_NOTIFY_AFTER"),
     )
+
+
+def _positive_duration(env: Mapping[str, str], setting: str, default: str) -> float:
+    seconds = parse_duration(env.get(setting, default), setting)
+    if seconds <= 0:
+        raise config_error(f"{setting}: must be greater than zero")
+    return seconds
+
+
+def _url(env: Mapping[str, str], setting: str) -> str | None:
+    """An http(s) URL setting (the value itself is never echoed: it may hold a secret token)."""
+    value = env.get(setting, "").strip()
+    if not value:
+        return None
+    if not re.match(r"https?://[^/\s]+", value):
+        raise config_error(f"{setting}: not an http:// or https:// URL")
+    return value

@@ -54,6 +54,9 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.restore_checks = Counter(
+            "lfsb_restore_checks", "Restore checks run, by outcome (ok or failed).", ["outcome"], registry=r
+        )
         self.last_success: dict[int, float] = {}
 
     def compaction_succeeded(self, level: int) -> None:
@@ -87,6 +90,21 @@ class _StateCollector(Collector):
         pending = GaugeMetricFamily(
             "lfsb_compaction_pending", "Databases with work waiting for the next L1 run.", labels=["level"]
         )
+        checked = GaugeMetricFamily(
+            "lfsb_restore_check_last_success_timestamp_seconds",
+            "When the last restore check that passed ended, per database.",
+            labels=["cluster", "database"],
+        )
+        check_ok = GaugeMetricFamily(
+            "lfsb_restore_check_ok",
+            "1 if the newest restore check of the database passed, 0 if it failed.",
+            labels=["cluster", "database"],
+        )
+        l1 = GaugeMetricFamily(
+            "lfsb_level1_last_upload_timestamp_seconds",
+            "When the newest level-1 file of the database was uploaded.",
+            labels=["cluster", "database"],
+        )
         age = GaugeMetricFamily(
             "lfsb_compaction_last_success_age_seconds",
             "Seconds since the last successful compaction run per level.",
@@ -112,6 +130,20 @@ class _StateCollector(Collector):
                 " FROM remote_files WHERE db_id = d.id AND level = 1)"
             ).fetchone()
             pending.add_metric(["1"], waiting)
+            for cluster, name, at, ok in conn.execute(
+                "SELECT d.cluster, d.name, (SELECT MAX(checked_at) FROM restore_checks WHERE db_id = d.id"
+                " AND ok = 1), (SELECT ok FROM restore_checks WHERE db_id = d.id ORDER BY id DESC LIMIT 1)"
+                " FROM databases d"
+            ):
+                if at is not None:
+                    checked.add_metric([cluster, name], at / 1000)
+                if ok is not None:
+                    check_ok.add_metric([cluster, name], ok)
+            for cluster, name, at in conn.execute(
+                "SELECT d.cluster, d.name, MAX(f.created_at) FROM databases d"
+                " JOIN remote_files f ON f.db_id = d.id AND f.level = 1 GROUP BY d.id"
+            ):
+                l1.add_metric([cluster, name], at / 1000)
         except sqlite3.Error as e:
             log.warning("metrics: cannot read the metadata db error=%s", e)
         finally:
@@ -119,7 +151,7 @@ class _StateCollector(Collector):
         now = time.time()
         for level, at in sorted(self.metrics.last_success.items()):
             age.add_metric([str(level)], now - at)
-        yield from (files, size, lag, pending, age)
+        yield from (files, size, lag, pending, age, checked, check_ok, l1)
 
 
 def init_sentry(dsn: str | None) -> bool:

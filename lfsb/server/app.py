@@ -24,10 +24,12 @@ from ..store.plan import Point, point_at, point_before, restorable_points
 from ..store.records import Database
 from ..store.restore import import_database, restore
 from ..store.store import Store
+from ..store.verify import Verifier, cluster_status
 
 log = logging.getLogger(__name__)
 
 STORE_KEY = web.AppKey("store", Store)
+VERIFIER_KEY = web.AppKey("verifier", Verifier)
 CLUSTER_KEY = web.RequestKey("cluster", str)
 STREAM_CHUNK = 256 * 1024
 BODY_BUFFER = 1024 * 1024
@@ -521,6 +523,22 @@ async def post_reset_cluster_id(request: web.Request) -> web.Response:
     return json_response({"cluster": cluster, "wasPinned": was_pinned})
 
 
+async def post_verify(request: web.Request) -> web.Response:
+    """``POST /db/verify?db=[&txid=|&timestamp=]``: a restore check of that point (default: the newest one in
+    object storage) now; the report. A failed check is a 200 with ``"ok": false``: the request worked."""
+    store = request.app[STORE_KEY]
+    db = await store.database(request[CLUSTER_KEY], db_name(request))
+    txid, ts = parse_target(request, required=False)
+    record = await request.app[VERIFIER_KEY].check(db, txid, ts)
+    return json_response({"database": db.name, **record.to_json()})
+
+
+async def get_status(request: web.Request) -> web.Response:
+    """``GET /status``: per database of the cluster, position, HWM lag, last L1 upload and last check."""
+    statuses = await cluster_status(request.app[STORE_KEY], request[CLUSTER_KEY])
+    return json_response({"databases": [s.to_json() for s in statuses]})
+
+
 async def healthz(request: web.Request) -> web.Response:
     """``GET /healthz``: 200 when the metadata db and object storage answer, else 503 with the names of the
     failing parts only (what failed, with bucket or path, goes to the log, never to an unauthenticated
@@ -557,7 +575,7 @@ def create_metrics_app(store: Store) -> web.Application:
     return app
 
 
-def create_app(store: Store, serve_metrics: bool) -> web.Application:
+def create_app(store: Store, serve_metrics: bool, verifier: Verifier | None = None) -> web.Application:
     """The application with every route and middleware, serving ``store``. ``/metrics`` is among them
     only with ``serve_metrics``: its labels name every cluster and database, so it is never served to
     the network without authorization."""
@@ -565,6 +583,7 @@ def create_app(store: Store, serve_metrics: bool) -> web.Application:
         middlewares=[error_middleware, request_check_middleware, auth_middleware], client_max_size=1024**2
     )
     app[STORE_KEY] = store
+    app[VERIFIER_KEY] = verifier or Verifier(store)
     app[INFLIGHT_KEY] = InFlight()
     app[BODIES_KEY] = Bodies()
     app.router.add_get("/pos", get_pos, allow_head=False)
@@ -577,6 +596,8 @@ def create_app(store: Store, serve_metrics: bool) -> web.Application:
     app.router.add_delete("/db", delete_db)
     app.router.add_delete("/db/", delete_db)
     app.router.add_post("/cluster/reset-id", post_reset_cluster_id, expect_handler=expect_continue)
+    app.router.add_post("/db/verify", post_verify, expect_handler=expect_continue)
+    app.router.add_get("/status", get_status, allow_head=False)
     app.router.add_get("/healthz", healthz, allow_head=False)
     if serve_metrics:
         app.router.add_get("/metrics", metrics, allow_head=False)

@@ -12,12 +12,14 @@ from aiohttp import web
 
 from ..config import Config, load_config
 from ..errors import LfsbError
+from ..notify import Notifier
 from ..observability import flush_sentry, init_sentry
 from ..storage import LocalStore, ObjectStore, StorageError
 from ..storage.s3 import S3Store
 from ..store.compaction import Scheduler
 from ..store.recovery import recover
 from ..store.store import Store
+from ..store.verify import Verifier
 from .app import INFLIGHT_KEY, create_app, create_metrics_app
 from .logs import setup_logging
 
@@ -57,6 +59,8 @@ class Server:
         self.objects = objects if objects is not None else open_object_store(config)
         self.store = Store(config, self.objects)
         self.scheduler = Scheduler(self.store)
+        self.notifier = Notifier(config.notify_url, config.heartbeat_url)
+        self.verifier = Verifier(self.store, self.notifier)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._metrics_runner: web.AppRunner | None = None
@@ -79,7 +83,9 @@ class Server:
             setting = "BUCKET_NAME" if config.s3 else "LFSB_DATA_PATH"
             raise StartupError(f"{setting}: object storage unusable: {e}") from None
         await recover(self.store)
-        self._app = create_app(self.store, serve_metrics=config.metrics_bind is None and config.loopback)
+        self._app = create_app(
+            self.store, serve_metrics=config.metrics_bind is None and config.loopback, verifier=self.verifier
+        )
         # auto_decompress=False: a request body is never inflated (any Content-Encoding gets a 415).
         self._runner = web.AppRunner(
             self._app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT, auto_decompress=False
@@ -97,6 +103,8 @@ class Server:
         elif not config.loopback:
             log.info("/metrics is not served on a non-loopback address: set LFSB_METRICS_BIND to serve it")
         self.scheduler.start()
+        self.notifier.start()
+        self.verifier.start()
         log.info("server listening url=%s data=%s storage=%s", self.url, config.data_path, self.objects)
 
     async def _serve_metrics(self, host: str, port: int) -> None:
@@ -126,7 +134,8 @@ class Server:
                 if not await self._app[INFLIGHT_KEY].wait_idle(SHUTDOWN_TIMEOUT):
                     log.warning("shutdown: requests still in flight after %ss", SHUTDOWN_TIMEOUT)
 
-            await asyncio.gather(_drain(), self.scheduler.stop(SHUTDOWN_TIMEOUT))
+            await asyncio.gather(_drain(), self.scheduler.stop(SHUTDOWN_TIMEOUT), self.verifier.stop())
+            await self.notifier.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._metrics_runner is not None:
