@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import sentry_sdk
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -57,11 +57,22 @@ class Metrics:
         self.restore_checks = Counter(
             "lfsb_restore_checks", "Restore checks run, by outcome (ok or failed).", ["outcome"], registry=r
         )
+        self.storage_up = Gauge(
+            "lfsb_storage_up", "1 if object storage answered the last health check, else 0.", registry=r
+        )
+        self.storage_up.set(1)
         self.last_success: dict[int, float] = {}
+        self.compaction_failing_since: dict[int, float] = {}
+        """Levels whose runs fail, and since when (cleared by a run without failure)."""
 
     def compaction_succeeded(self, level: int) -> None:
         """Remember when ``level`` last ran without failure."""
         self.last_success[level] = time.time()
+        self.compaction_failing_since.pop(level, None)
+
+    def compaction_failed(self, level: int) -> None:
+        """Remember that a run of ``level`` had a failure (and since when they fail)."""
+        self.compaction_failing_since.setdefault(level, time.time())
 
     def add_state_collector(self, db_path: Path) -> None:
         """Gauges read from the metadata db at scrape time: files, bytes, HWM lag, pending work."""

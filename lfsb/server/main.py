@@ -17,6 +17,7 @@ from ..observability import flush_sentry, init_sentry
 from ..storage import LocalStore, ObjectStore, StorageError
 from ..storage.s3 import S3Store
 from ..store.compaction import Scheduler
+from ..store.health import Monitor
 from ..store.recovery import recover
 from ..store.store import Store
 from ..store.verify import Verifier
@@ -61,6 +62,7 @@ class Server:
         self.scheduler = Scheduler(self.store)
         self.notifier = Notifier(config.notify_url, config.heartbeat_url)
         self.verifier = Verifier(self.store, self.notifier)
+        self.monitor = Monitor(self.store, self.notifier)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._metrics_runner: web.AppRunner | None = None
@@ -105,6 +107,7 @@ class Server:
         self.scheduler.start()
         self.notifier.start()
         self.verifier.start()
+        self.monitor.start()
         log.info("server listening url=%s data=%s storage=%s", self.url, config.data_path, self.objects)
 
     async def _serve_metrics(self, host: str, port: int) -> None:
@@ -134,7 +137,9 @@ class Server:
                 if not await self._app[INFLIGHT_KEY].wait_idle(SHUTDOWN_TIMEOUT):
                     log.warning("shutdown: requests still in flight after %ss", SHUTDOWN_TIMEOUT)
 
-            await asyncio.gather(_drain(), self.scheduler.stop(SHUTDOWN_TIMEOUT), self.verifier.stop())
+            await asyncio.gather(
+                _drain(), self.scheduler.stop(SHUTDOWN_TIMEOUT), self.verifier.stop(), self.monitor.stop()
+            )
             await self.notifier.stop()
         if self._runner is not None:
             await self._runner.cleanup()
