@@ -61,6 +61,9 @@ class Metrics:
             "lfsb_storage_up", "1 if object storage answered the last health check, else 0.", registry=r
         )
         self.storage_up.set(1)
+        self.restore_check_interval = Gauge(
+            "lfsb_restore_check_interval_seconds", "LFSB_VERIFY_INTERVAL, in seconds.", registry=r
+        )
         self.last_success: dict[int, float] = {}
         self.compaction_failing_since: dict[int, float] = {}
         """Levels whose runs fail, and since when (cleared by a run without failure)."""
@@ -116,6 +119,11 @@ class _StateCollector(Collector):
             "When the newest level-1 file of the database was uploaded.",
             labels=["cluster", "database"],
         )
+        corrupt = GaugeMetricFamily(
+            "lfsb_corrupt_objects",
+            "Objects in storage the scrub found corrupt or missing, per database.",
+            labels=["cluster", "database"],
+        )
         age = GaugeMetricFamily(
             "lfsb_compaction_last_success_age_seconds",
             "Seconds since the last successful compaction run per level.",
@@ -155,6 +163,11 @@ class _StateCollector(Collector):
                 " JOIN remote_files f ON f.db_id = d.id AND f.level = 1 GROUP BY d.id"
             ):
                 l1.add_metric([cluster, name], at / 1000)
+            for cluster, name, count in conn.execute(
+                "SELECT d.cluster, d.name, COUNT(f.corrupt) FROM databases d"
+                " LEFT JOIN remote_files f ON f.db_id = d.id GROUP BY d.id"
+            ):
+                corrupt.add_metric([cluster, name], count)
         except sqlite3.Error as e:
             log.warning("metrics: cannot read the metadata db error=%s", e)
         finally:
@@ -162,7 +175,7 @@ class _StateCollector(Collector):
         now = time.time()
         for level, at in sorted(self.metrics.last_success.items()):
             age.add_metric([str(level)], now - at)
-        yield from (files, size, lag, pending, age, checked, check_ok, l1)
+        yield from (files, size, lag, pending, age, checked, check_ok, l1, corrupt)
 
 
 def init_sentry(dsn: str | None) -> bool:

@@ -117,6 +117,7 @@ class Verifier:
         self.store = store
         self.incidents = incidents
         self.interval = store.config.verify_interval
+        store.metrics.restore_check_interval.set(self.interval)
         self._slots = asyncio.Semaphore(store.config.verify_concurrency)
         self._pool: ProcessPoolExecutor | None = None
         self._task: asyncio.Task | None = None
