@@ -57,6 +57,16 @@ class Metrics:
         self.restore_checks = Counter(
             "lfsb_restore_checks", "Restore checks run, by outcome (ok or failed).", ["outcome"], registry=r
         )
+        self.scrub_objects = Counter("lfsb_scrub_objects", "Objects read back by the scrub.", registry=r)
+        self.scrub_bytes = Counter("lfsb_scrub_bytes", "Bytes read back by the scrub.", registry=r)
+        self.scrub_corrupt = Counter(
+            "lfsb_scrub_corrupt_found", "Objects the scrub found missing or corrupt.", registry=r
+        )
+        self.scrub_progress = Gauge(
+            "lfsb_scrub_progress_ratio",
+            "Share of the objects in storage verified within the last LFSB_SCRUB_INTERVAL.",
+            registry=r,
+        )
         self.storage_up = Gauge(
             "lfsb_storage_up", "1 if object storage answered the last health check, else 0.", registry=r
         )

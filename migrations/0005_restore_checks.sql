@@ -14,8 +14,9 @@ CREATE TABLE restore_checks (
 ) STRICT;
 CREATE INDEX restore_checks_by_db ON restore_checks (db_id, checked_at);
 
--- The scrub (lfsb.store.scrub): when each object in storage was last read back and verified, and why it
--- is unusable if it is (NULL: healthy). Snapshot plans route around corrupt objects. A re-upload of the
--- same range (a repair) replaces the row, so both are NULL again.
+-- The scrub (lfsb.store.scrub): when each object in storage was last read back and verified (NULL: not
+-- since its upload, which verified it), and why it is unusable if it is (NULL: healthy). Snapshot plans
+-- route around corrupt objects. A re-upload of the same range (a repair) replaces the row, so both are
+-- NULL again.
 ALTER TABLE remote_files ADD COLUMN scrubbed_at INTEGER;
 ALTER TABLE remote_files ADD COLUMN corrupt TEXT;

@@ -19,6 +19,7 @@ from ..storage.s3 import S3Store
 from ..store.compaction import Scheduler
 from ..store.health import Monitor
 from ..store.recovery import recover
+from ..store.scrub import Scrubber
 from ..store.store import Store
 from ..store.verify import Verifier
 from .app import INFLIGHT_KEY, create_app, create_metrics_app
@@ -63,6 +64,7 @@ class Server:
         self.notifier = Notifier(config.notify_url, config.heartbeat_url)
         self.verifier = Verifier(self.store, self.notifier)
         self.monitor = Monitor(self.store, self.notifier)
+        self.scrubber = Scrubber(self.store, self.notifier)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._metrics_runner: web.AppRunner | None = None
@@ -108,6 +110,7 @@ class Server:
         self.notifier.start()
         self.verifier.start()
         self.monitor.start()
+        self.scrubber.start()
         log.info("server listening url=%s data=%s storage=%s", self.url, config.data_path, self.objects)
 
     async def _serve_metrics(self, host: str, port: int) -> None:
@@ -138,7 +141,11 @@ class Server:
                     log.warning("shutdown: requests still in flight after %ss", SHUTDOWN_TIMEOUT)
 
             await asyncio.gather(
-                _drain(), self.scheduler.stop(SHUTDOWN_TIMEOUT), self.verifier.stop(), self.monitor.stop()
+                _drain(),
+                self.scheduler.stop(SHUTDOWN_TIMEOUT),
+                self.verifier.stop(),
+                self.monitor.stop(),
+                self.scrubber.stop(),
             )
             await self.notifier.stop()
         if self._runner is not None:

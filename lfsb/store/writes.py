@@ -132,3 +132,23 @@ def record_check(conn: sqlite3.Connection, db_id: int, r: CheckRecord) -> bool:
         (db_id, db_id, CHECKS_KEPT),
     )
     return True
+
+
+def mark_scrubbed(conn: sqlite3.Connection, db_id: int, key: tuple[int, int, int], at: int) -> None:
+    """Record that the object ``key`` (level, min, max TXID) of a database was verified at ``at`` (ms)."""
+    conn.execute(
+        "UPDATE remote_files SET scrubbed_at = ?"
+        " WHERE db_id = ? AND level = ? AND min_txid = ? AND max_txid = ?",
+        (at, db_id, *key),
+    )
+
+
+def mark_corrupt(
+    conn: sqlite3.Connection, db_id: int, key: tuple[int, int, int], reason: str, at: int
+) -> None:
+    """Mark the object ``key`` (level, min, max TXID) of a database corrupt: plans route around it."""
+    conn.execute(
+        "UPDATE remote_files SET corrupt = ?, scrubbed_at = ?"
+        " WHERE db_id = ? AND level = ? AND min_txid = ? AND max_txid = ?",
+        (reason, at, db_id, *key),
+    )
