@@ -34,7 +34,7 @@ from ..storage import NotFound
 from .db import now_ms, process_context
 from .plan import point_at, point_before, reachable, snapshot_plan
 from .records import L0, CheckRecord, Database, LTXFile
-from .store import Store, compact_files
+from .store import PLAN_ATTEMPTS, Store, compact_files
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ CHECK_NICENESS = 10
 INTEGRITY_ERRORS = 10
 """Problems ``PRAGMA integrity_check`` reports at most (the first ones say enough)."""
 MAX_SLEEP = 60.0
+BUSY_RETRY = 5.0
+"""Seconds before checks that found no temp space (``LFSB_DISK_RESERVE``) are tried again."""
 
 
 def nothing_in_storage() -> LfsbError:
@@ -152,10 +154,12 @@ class Verifier:
         while True:
             due, wait = await self.due(time.time())
             tasks = [asyncio.create_task(self._scheduled(cluster, name)) for cluster, name in due]
-            await asyncio.gather(*tasks)
+            done = await asyncio.gather(*tasks)
             self.scheduled_runs += 1
             if not due:
                 await asyncio.sleep(min(wait, MAX_SLEEP))
+            elif not all(done):
+                await asyncio.sleep(BUSY_RETRY)
 
     async def due(self, now: float) -> tuple[list[tuple[str, str]], float]:
         """The databases whose scheduled check is due at ``now``, and seconds until the next one is."""
@@ -176,16 +180,21 @@ class Verifier:
                 wait = min(wait, at - now)
         return due, wait
 
-    async def _scheduled(self, cluster: str, name: str) -> None:
+    async def _scheduled(self, cluster: str, name: str) -> bool:
+        """One scheduled check; False when it could not run now (no temp space: retried soon)."""
         try:
             db = await self.store.database(cluster, name)
             await self.check(db, scheduled=True)
         except LfsbError as e:
+            if e.code == "EBUSY":
+                log.warning("restore check postponed cluster=%s database=%s reason=%s", cluster, name, e)
+                return False
             if e.code not in ("ENODB", "ENOTXID"):  # deleted meanwhile, or nothing in storage yet
-                raise
+                log.exception("restore check failed to run cluster=%s database=%s", cluster, name)
         except Exception as e:
             log.exception("restore check failed to run cluster=%s database=%s", cluster, name)
             report_exception(e, cluster=cluster, database=name)
+        return True
 
     # -- one check ----------------------------------------------------------------------------------
     async def check(
@@ -196,24 +205,29 @@ class Verifier:
         holds no such point."""
         async with self._slots:
             started = time.monotonic()
-            txid, plan, expected = await self._plan(db, txid, timestamp)
-            bytes_read, size, problem = 0, 0, ""
-            try:
-                async with self.store.open_files(db, plan) as handles:
-                    bytes_read = sum(f.size for f in plan)
-                    loop = asyncio.get_running_loop()
-                    size, problem = await loop.run_in_executor(
-                        self._executor(),
-                        rebuild_and_check,
-                        [h.name for h in handles],
-                        str(self.store.tmp_dir),
-                        expected,
-                    )
-            except NotFound as e:
-                problem = f"object missing from storage: {e}"
+            for attempt in range(PLAN_ATTEMPTS):
+                point, plan, expected = await self._plan(db, txid, timestamp)
+                bytes_read, size, problem = sum(f.size for f in plan), 0, ""
+                # Downloads, then the snapshot and the SQLite file: temp space, as an export takes.
+                async with self.store.export_slot(2 * db.commit * db.page_size + bytes_read):
+                    try:
+                        async with self.store.open_files(db, plan) as handles:
+                            size, problem = await asyncio.get_running_loop().run_in_executor(
+                                self._executor(),
+                                rebuild_and_check,
+                                [h.name for h in handles],
+                                str(self.store.tmp_dir),
+                                expected,
+                            )
+                        break
+                    except NotFound as e:
+                        problem = f"object missing from storage: {e}"
+                        indexed = {f.key for f in await self.store.files(db)}
+                        if all(f.key in indexed for f in plan) or attempt == PLAN_ATTEMPTS - 1:
+                            break  # else retention removed a planned file meanwhile: plan again
             record = CheckRecord(
                 checked_at=now_ms(),
-                txid=txid,
+                txid=point,
                 duration_ms=int((time.monotonic() - started) * 1000),
                 bytes_read=bytes_read,
                 db_bytes=size,
