@@ -95,7 +95,7 @@ async def test_check_rebuilds_from_storage_and_survives_restart(
         result = await lfsb(server, "verify", "db", "--txid", "7")
         assert result.exit_code == 1 and "tx not available [ENOTXID]" in result.output
         text = (await lfsb(server, "status")).output
-        assert "db" in text and "ok" in text
+        assert "db" in text and "ok" in text and "s ago" in text
     await server.stop()
     again: Server = await start_server()
     (status,) = await lfsb_json(again, "status")

@@ -9,6 +9,7 @@ import re
 import sqlite3
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -313,15 +314,23 @@ async def status(client: Client, as_json: bool) -> None:
         print_json(databases)
         return
 
+    now = time.time()
+
+    def _age(timestamp: str | None) -> str:
+        if timestamp is None:
+            return "never"
+        seconds = max(0, int(now - parse_timestamp(timestamp) / 1000))
+        return f"{seconds // 3600}h{seconds // 60 % 60:02d}m ago" if seconds >= 3600 else f"{seconds}s ago"
+
     def _check(c: dict[str, Any] | None) -> list[str]:
         if c is None:
-            return ["-", "-", "never"]
+            return ["never", "-", "-"]
         return [c["checkedAt"], c["txID"], "ok" if c["ok"] else f"FAILED: {c['message']}"]
 
     print_table(
         ["DATABASE", "TXID", "HWM LAG", "LAST L1 UPLOAD", "LAST CHECK", "CHECKED TXID", "OUTCOME"],
         [
-            [d["name"], d["txID"], d["hwmLag"], d["lastL1Upload"] or "never", *_check(d["lastCheck"])]
+            [d["name"], d["txID"], d["hwmLag"], _age(d["lastL1Upload"]), *_check(d["lastCheck"])]
             for d in databases
         ],
     )

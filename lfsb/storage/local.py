@@ -108,6 +108,33 @@ class FileSystemSync:
             fsync_dir(directory)
 
 
+class WriteBehind:
+    """Wraps a file being written so that its dirty pages are flushed every ``chunk`` bytes and dropped from
+    the page cache: a large temp file then never leaves much for the next ``syncfs`` of the file system
+    (ingestion's group commits) to write out, and the writer goes no faster than the disk."""
+
+    def __init__(self, f: BinaryIO, chunk: int = 8 * 2**20) -> None:
+        self._f = f
+        self._chunk = chunk
+        self._pending = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Write ``data``; flush to disk once ``chunk`` bytes are pending."""
+        n = self._f.write(data)
+        self._pending += n
+        if self._pending >= self._chunk:
+            self.flush()
+        return n
+
+    def flush(self) -> None:
+        """Write the pending bytes out to disk and drop them from the page cache."""
+        self._f.flush()
+        fd = self._f.fileno()
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        self._pending = 0
+
+
 def remove_file(path: Path) -> None:
     """Remove a file if it is there, and its directory if that leaves it empty."""
     path.unlink(missing_ok=True)

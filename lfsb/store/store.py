@@ -74,18 +74,26 @@ def list_files(conn: sqlite3.Connection, db_id: int, corrupt: bool = False) -> l
     return files
 
 
-def compact_files(
-    inputs: list[BinaryIO], dest: Path, compress: bool, tmp_dir: Path
+def compact_stream(
+    inputs: list[BinaryIO], out: BinaryIO, compress: bool, tmp_dir: Path
 ) -> tuple[Header, Trailer]:
-    """Merge ``inputs`` (contiguous, oldest first) into ``dest``, in passes of at most 256 files."""
+    """Merge ``inputs`` (contiguous, oldest first) into ``out``, in passes of at most 256 files (the
+    partial merges go to temp files)."""
     with contextlib.ExitStack() as partials:
         while len(inputs) > MAX_COMPACT_INPUTS:
             partial = partials.enter_context(tempfile.TemporaryFile(dir=tmp_dir))
             compact(inputs[:MAX_COMPACT_INPUTS], partial, compress=False, trusted=True)
             partial.seek(0)
             inputs = [partial, *inputs[MAX_COMPACT_INPUTS:]]
-        with open(dest, "wb") as out:
-            return compact(inputs, out, compress=compress, trusted=True)
+        return compact(inputs, out, compress=compress, trusted=True)
+
+
+def compact_files(
+    inputs: list[BinaryIO], dest: Path, compress: bool, tmp_dir: Path
+) -> tuple[Header, Trailer]:
+    """Merge ``inputs`` (contiguous, oldest first) into the file ``dest`` (see :func:`compact_stream`)."""
+    with open(dest, "wb") as out:
+        return compact_stream(inputs, out, compress, tmp_dir)
 
 
 class Store:

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import sqlite3
+import threading
 import time
 import uuid
 import zlib
@@ -31,14 +32,16 @@ from ..ltx import LTXError, database_checksum, decode_database, format_checksum,
 from ..notify import Incidents
 from ..observability import report_exception
 from ..storage import NotFound
+from ..storage.local import WriteBehind
 from .db import now_ms, process_context
 from .plan import point_at, point_before, reachable, snapshot_plan
 from .records import L0, CheckRecord, Database, LTXFile
-from .store import PLAN_ATTEMPTS, Store, compact_files
+from .store import PLAN_ATTEMPTS, Store, compact_stream
 
 log = logging.getLogger(__name__)
 
-CHECK_NICENESS = 10
+PIPE_BUFFER = 1024 * 1024
+CHECK_NICENESS = 19
 """How much lower than the server's the check process's CPU priority is."""
 INTEGRITY_ERRORS = 10
 """Problems ``PRAGMA integrity_check`` reports at most (the first ones say enough)."""
@@ -61,17 +64,41 @@ def _lower_priority() -> None:
 def rebuild_and_check(paths: list[str], tmp_dir: str, expected: int) -> tuple[int, str]:
     """(In the check process) Merge the LTX files at ``paths`` (a plan, oldest first) into a snapshot,
     decode it to a SQLite file, compare its database checksum with ``expected`` and run ``PRAGMA
-    integrity_check``. Returns the SQLite file's size and the problem found ("" when it passed)."""
-    stem = Path(tmp_dir) / f"check-{uuid.uuid4().hex}"
-    ltx, db = stem.with_suffix(".ltx"), stem.with_suffix(".db")
+    integrity_check``. Returns the SQLite file's size and the problem found ("" when it passed).
+
+    The snapshot streams from the merge to the decoder through a pipe (never written to disk), and the
+    SQLite file is flushed as it is written (:class:`WriteBehind`), so the check leaves little for
+    ingestion's next ``syncfs`` to write out."""
+    db = Path(tmp_dir) / f"check-{uuid.uuid4().hex}.db"
     size = 0
+    failed: list[BaseException] = []
     try:
         with contextlib.ExitStack() as stack:
             handles = [stack.enter_context(open(p, "rb")) for p in paths]
-            compact_files(handles, ltx, False, Path(tmp_dir))
-        with open(ltx, "rb") as src, open(db, "wb") as out:
-            header, _ = decode_database(src, out)
-        ltx.unlink()
+            r, w = os.pipe()
+            reader = stack.enter_context(open(r, "rb", buffering=PIPE_BUFFER))
+
+            def _merge() -> None:  # closing the pipe ends the decoder's input
+                try:
+                    with open(w, "wb", buffering=PIPE_BUFFER) as pipe:
+                        compact_stream(handles, pipe, False, Path(tmp_dir))
+                except BaseException as e:  # reported by the decoder's side, which then fails too
+                    failed.append(e)
+
+            merging = threading.Thread(target=_merge, name="lfsb-check-merge")
+            merging.start()
+            try:
+                with open(db, "wb") as out:
+                    header, _ = decode_database(reader, WriteBehind(out))  # type: ignore[arg-type]
+            except LTXError as e:
+                if failed and isinstance(failed[0], LTXError):
+                    raise failed[0] from None
+                raise e from None
+            finally:
+                reader.close()  # a merge still writing gets a broken pipe
+                merging.join()
+        if failed and not isinstance(failed[0], BrokenPipeError):
+            raise failed[0]
         size = db.stat().st_size
         with open(db, "rb") as f:
             checksum = database_checksum(f, header.page_size)
@@ -93,7 +120,6 @@ def rebuild_and_check(paths: list[str], tmp_dir: str, expected: int) -> tuple[in
     except sqlite3.DatabaseError as e:
         return size, f"integrity_check: {e}"
     finally:
-        ltx.unlink(missing_ok=True)
         db.unlink(missing_ok=True)
 
 
