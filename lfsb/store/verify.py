@@ -32,7 +32,7 @@ from ..ltx import LTXError, database_checksum, decode_database, format_checksum,
 from ..notify import Incidents
 from ..observability import report_exception
 from ..storage import NotFound
-from ..storage.local import WriteBehind
+from ..storage.local import WriteBehind, remove_gradually
 from .db import now_ms, process_context
 from .plan import point_at, point_before, reachable, snapshot_plan
 from .records import L0, CheckRecord, Database, LTXFile
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 PIPE_BUFFER = 1024 * 1024
 CHECK_NICENESS = 19
+CHECK_WRITE_RATE = 64 * 2**20
+"""Bytes per second a check writes its SQLite file at most (ingestion's fsyncs share the disk)."""
 """How much lower than the server's the check process's CPU priority is."""
 INTEGRITY_ERRORS = 10
 """Problems ``PRAGMA integrity_check`` reports at most (the first ones say enough)."""
@@ -89,7 +91,7 @@ def rebuild_and_check(paths: list[str], tmp_dir: str, expected: int) -> tuple[in
             merging.start()
             try:
                 with open(db, "wb") as out:
-                    header, _ = decode_database(reader, WriteBehind(out))  # type: ignore[arg-type]
+                    header, _ = decode_database(reader, WriteBehind(out, rate=CHECK_WRITE_RATE))  # type: ignore[arg-type]
             except LTXError as e:
                 if failed and isinstance(failed[0], LTXError):
                     raise failed[0] from None
@@ -120,7 +122,7 @@ def rebuild_and_check(paths: list[str], tmp_dir: str, expected: int) -> tuple[in
     except sqlite3.DatabaseError as e:
         return size, f"integrity_check: {e}"
     finally:
-        db.unlink(missing_ok=True)
+        remove_gradually(db)
 
 
 def remote_files(files: list[LTXFile]) -> list[LTXFile]:
