@@ -36,6 +36,7 @@ DB_ROUTES = [
     ("GET", "/db/info"),
     ("POST", "/db/upload"),
     ("DELETE", "/db"),
+    ("POST", "/db/verify"),
 ]
 """Every route that takes a ``db`` query parameter."""
 
@@ -403,12 +404,15 @@ class ServerState:
 
 
 def data_files(server: Server) -> frozenset[str]:
-    """Every path under the server's data directory (relative), except the metadata db's own files and the
-    temp directory's contents (removed at the end of each request, a moment after its response)."""
+    """Every path under the server's data directory (relative), except the metadata db's own files, the
+    temp directory's contents (removed at the end of each request, a moment after its response) and the
+    local store's probe files (written and removed by each storage health check)."""
     root, tmp = server.config.data_path, server.store.tmp_dir
     paths = root.rglob("*")
     return frozenset(
-        str(p.relative_to(root)) for p in paths if p.parent != tmp and not p.name.startswith("server.db")
+        str(p.relative_to(root))
+        for p in paths
+        if p.parent != tmp and not p.name.startswith(("server.db", ".check."))
     )
 
 

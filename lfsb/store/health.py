@@ -72,11 +72,11 @@ class Monitor:
 
     async def _run(self) -> None:
         while True:
+            await asyncio.sleep(self.tick)  # the server checked storage as it started
             try:
                 await self.evaluate()
             except Exception:
                 log.exception("health evaluation failed")
-            await asyncio.sleep(self.tick)
 
     async def evaluate(self) -> Health:
         """Look once: update the incidents and the storage gauge, ping the heartbeat if all is well."""
