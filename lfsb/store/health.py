@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass, field
 
@@ -131,7 +132,7 @@ class Monitor:
     async def _databases(self, health: Health) -> None:
         stale_before = now_ms() - int(self.stale_after * 1000)
 
-        def _read(c) -> tuple[list[str], list[str], int]:  # type: ignore[no-untyped-def]
+        def _read(c: sqlite3.Connection) -> tuple[list[str], list[str], int]:
             stale = [
                 f"{cluster}/{name}"
                 for cluster, name in c.execute(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from pathlib import Path
 
@@ -117,7 +118,7 @@ class Scrubber:
             " FROM remote_files"
         )
 
-        def _read(c) -> tuple[list, int, int]:  # type: ignore[no-untyped-def]
+        def _read(c: sqlite3.Connection) -> tuple[list[tuple], int, int]:
             total, verified = c.execute(progress, (before,)).fetchone()
             return c.execute(query, (before, limit)).fetchall(), total, verified
 
