@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from lfsb.config import load_config
+from lfsb.errors import LfsbError
 from lfsb.ltx import format_txid, parse_txid
 from lfsb.server.main import Server
 from lfsb.store.records import CheckRecord
@@ -195,3 +197,33 @@ async def test_check_while_litefs_writes(start_server: Callable, tmp_path: Path)
         written = await writer
         assert written > 0 and all(r.ok for r in reports), reports
         assert (await server.store.database("test", "db")).txid == node.txid
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LFSB_VERIFY_INTERVAL": "0"}, "LFSB_VERIFY_INTERVAL: must be greater than zero"),
+        (
+            {"LFSB_VERIFY_CONCURRENCY": "0"},
+            "LFSB_VERIFY_CONCURRENCY: '0' is not a whole number of at least 1",
+        ),
+        ({"LFSB_SCRUB_RATE": "0"}, "LFSB_SCRUB_RATE: must be greater than zero"),
+        ({"LFSB_SCRUB_INTERVAL": "soon"}, "LFSB_SCRUB_INTERVAL: invalid duration"),
+        ({"LFSB_NOTIFY_URL": "hooks.slack.com/secret"}, "LFSB_NOTIFY_URL: not an http:// or https:// URL"),
+        ({"LFSB_HEARTBEAT_URL": "ftp://x"}, "LFSB_HEARTBEAT_URL: not an http:// or https:// URL"),
+    ],
+)
+def test_settings_refused_with_a_message(env: dict[str, str], message: str) -> None:
+    """Bad values of the new settings are refused at start, naming the setting (never echoing a URL)."""
+    with pytest.raises(LfsbError) as e:
+        load_config({"LFSB_DATA_PATH": "/tmp/x", **env})
+    assert e.value.message.startswith(message)
+    assert "secret" not in e.value.message
+
+
+def test_settings_defaults() -> None:
+    """The defaults of design.md §8, and the URLs kept out of the configuration's repr."""
+    config = load_config({"LFSB_DATA_PATH": "/tmp/x", "LFSB_NOTIFY_URL": "https://h.example/secret"})
+    assert (config.verify_interval, config.verify_concurrency) == (86400, 1)
+    assert (config.scrub_interval, config.heartbeat_interval, config.heartbeat_url) == (7 * 86400, 300, None)
+    assert config.notify_url == "https://h.example/secret" and "secret" not in repr(config)
