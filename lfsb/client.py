@@ -171,6 +171,15 @@ class Client:
         params = {"db": db, **target_params(txid, timestamp)}
         return await self._json("GET", "/db/restore/check", params=params)
 
+    async def verify(self, db: str, txid: str | None = None, timestamp: str | None = None) -> dict[str, Any]:
+        """``POST /db/verify``: a restore check of a point (default: the newest in object storage) now."""
+        params = {"db": db, **target_params(txid, timestamp)}
+        return await self._json("POST", "/db/verify", params=params)
+
+    async def status(self) -> list[dict[str, Any]]:
+        """``GET /status``: every database of the cluster, its backup lag and last restore check."""
+        return (await self._json("GET", "/status"))["databases"]
+
     async def delete(self, db: str) -> None:
         """``DELETE /db``: remove a database and all its backups."""
         resp = await self._request("DELETE", "/db", params={"db": db})

@@ -100,6 +100,14 @@ class Config:
     """``LFSB_ADMIN_TOKEN``: the root token, admin of every cluster."""
     delete_grace: float = 7 * 86400.0
     """``LFSB_DELETE_GRACE``: seconds a deleted database can be brought back before it is purged."""
+    verify_interval: float = 86400.0
+    verify_concurrency: int = 1
+    scrub_interval: float = 7 * 86400.0
+    scrub_rate: int = 8 * 2**20
+    notify_url: str | None = field(default=None, repr=False)
+    heartbeat_url: str | None = field(default=None, repr=False)
+    heartbeat_interval: float = 300.0
+    notify_after: float = 600.0
 
     @property
     def loopback(self) -> bool:
@@ -150,6 +158,15 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
             f"LFSB_ADMIN_TOKEN: must be at least {MIN_ADMIN_TOKEN} printable characters without spaces"
             " (make one with `openssl rand -hex 32`)"
         )  # the value itself is never repeated
+    verify_interval = _positive_duration(env, "LFSB_VERIFY_INTERVAL", "24h")
+    verify_concurrency = env.get("LFSB_VERIFY_CONCURRENCY", "1")
+    if not verify_concurrency.isdigit() or int(verify_concurrency) < 1:
+        raise config_error(
+            f"LFSB_VERIFY_CONCURRENCY: {verify_concurrency!r} is not a whole number of at least 1"
+        )
+    scrub_rate = parse_size(env.get("LFSB_SCRUB_RATE", "8MiB"), "LFSB_SCRUB_RATE")
+    if scrub_rate <= 0:
+        raise config_error("LFSB_SCRUB_RATE: must be greater than zero (bytes per second)")
     return Config(
         data_path=Path(str(data_path)),
         host=host,
@@ -172,4 +189,29 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         auth=auth,
         admin_token=admin_token,
         delete_grace=parse_duration(env.get("LFSB_DELETE_GRACE", "7d"), "LFSB_DELETE_GRACE"),
+        verify_interval=verify_interval,
+        verify_concurrency=int(verify_concurrency),
+        scrub_interval=_positive_duration(env, "LFSB_SCRUB_INTERVAL", "7d"),
+        scrub_rate=scrub_rate,
+        notify_url=_url(env, "LFSB_NOTIFY_URL"),
+        heartbeat_url=_url(env, "LFSB_HEARTBEAT_URL"),
+        heartbeat_interval=_positive_duration(env, "LFSB_HEARTBEAT_INTERVAL", "5m"),
+        notify_after=parse_duration(env.get("LFSB_NOTIFY_AFTER", "10m"), "LFSB_NOTIFY_AFTER"),
     )
+
+
+def _positive_duration(env: Mapping[str, str], setting: str, default: str) -> float:
+    seconds = parse_duration(env.get(setting, default), setting)
+    if seconds <= 0:
+        raise config_error(f"{setting}: must be greater than zero")
+    return seconds
+
+
+def _url(env: Mapping[str, str], setting: str) -> str | None:
+    """An http(s) URL setting (the value itself is never echoed: it may hold a secret token)."""
+    value = env.get(setting, "").strip()
+    if not value:
+        return None
+    if not re.match(r"https?://[^/\s]+", value):
+        raise config_error(f"{setting}: not an http:// or https:// URL")
+    return value

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import sentry_sdk
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -64,11 +64,38 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.restore_checks = Counter(
+            "lfsb_restore_checks", "Restore checks run, by outcome (ok or failed).", ["outcome"], registry=r
+        )
+        self.scrub_objects = Counter("lfsb_scrub_objects", "Objects read back by the scrub.", registry=r)
+        self.scrub_bytes = Counter("lfsb_scrub_bytes", "Bytes read back by the scrub.", registry=r)
+        self.scrub_corrupt = Counter(
+            "lfsb_scrub_corrupt_found", "Objects the scrub found missing or corrupt.", registry=r
+        )
+        self.scrub_progress = Gauge(
+            "lfsb_scrub_progress_ratio",
+            "Share of the objects in storage verified within the last LFSB_SCRUB_INTERVAL.",
+            registry=r,
+        )
+        self.storage_up = Gauge(
+            "lfsb_storage_up", "1 if object storage answered the last health check, else 0.", registry=r
+        )
+        self.storage_up.set(1)
+        self.restore_check_interval = Gauge(
+            "lfsb_restore_check_interval_seconds", "LFSB_VERIFY_INTERVAL, in seconds.", registry=r
+        )
         self.last_success: dict[int, float] = {}
+        self.compaction_failing_since: dict[int, float] = {}
+        """Levels whose runs fail, and since when (cleared by a run without failure)."""
 
     def compaction_succeeded(self, level: int) -> None:
         """Remember when ``level`` last ran without failure."""
         self.last_success[level] = time.time()
+        self.compaction_failing_since.pop(level, None)
+
+    def compaction_failed(self, level: int) -> None:
+        """Remember that a run of ``level`` had a failure (and since when they fail)."""
+        self.compaction_failing_since.setdefault(level, time.time())
 
     def add_state_collector(self, db_path: Path) -> None:
         """Gauges read from the metadata db at scrape time: files, bytes, HWM lag, pending work."""
@@ -96,6 +123,26 @@ class _StateCollector(Collector):
         )
         pending = GaugeMetricFamily(
             "lfsb_compaction_pending", "Databases with work waiting for the next L1 run.", labels=["level"]
+        )
+        checked = GaugeMetricFamily(
+            "lfsb_restore_check_last_success_timestamp_seconds",
+            "When the last restore check that passed ended, per database.",
+            labels=["cluster", "database"],
+        )
+        check_ok = GaugeMetricFamily(
+            "lfsb_restore_check_ok",
+            "1 if the newest restore check of the database passed, 0 if it failed.",
+            labels=["cluster", "database"],
+        )
+        l1 = GaugeMetricFamily(
+            "lfsb_level1_last_upload_timestamp_seconds",
+            "When the newest level-1 file of the database was uploaded.",
+            labels=["cluster", "database"],
+        )
+        corrupt = GaugeMetricFamily(
+            "lfsb_corrupt_objects",
+            "Objects in storage the scrub found corrupt or missing, per database.",
+            labels=["cluster", "database"],
         )
         age = GaugeMetricFamily(
             "lfsb_compaction_last_success_age_seconds",
@@ -125,6 +172,25 @@ class _StateCollector(Collector):
                 " FROM remote_files WHERE db_id = d.id AND level = 1)"
             ).fetchone()
             pending.add_metric(["1"], waiting)
+            for cluster, name, at, ok in conn.execute(
+                "SELECT d.cluster, d.name, (SELECT MAX(checked_at) FROM restore_checks WHERE db_id = d.id"
+                " AND ok = 1), (SELECT ok FROM restore_checks WHERE db_id = d.id ORDER BY id DESC LIMIT 1)"
+                " FROM databases d"
+            ):
+                if at is not None:
+                    checked.add_metric([cluster, name], at / 1000)
+                if ok is not None:
+                    check_ok.add_metric([cluster, name], ok)
+            for cluster, name, at in conn.execute(
+                "SELECT d.cluster, d.name, MAX(f.created_at) FROM databases d"
+                " JOIN remote_files f ON f.db_id = d.id AND f.level = 1 GROUP BY d.id"
+            ):
+                l1.add_metric([cluster, name], at / 1000)
+            for cluster, name, count in conn.execute(
+                "SELECT d.cluster, d.name, COUNT(f.corrupt) FROM databases d"
+                " LEFT JOIN remote_files f ON f.db_id = d.id GROUP BY d.id"
+            ):
+                corrupt.add_metric([cluster, name], count)
         except sqlite3.Error as e:
             log.warning("metrics: cannot read the metadata db error=%s", e)
         finally:
@@ -132,7 +198,7 @@ class _StateCollector(Collector):
         now = time.time()
         for level, at in sorted(self.metrics.last_success.items()):
             age.add_metric([str(level)], now - at)
-        yield from (files, size, lag, pending, age)
+        yield from (files, size, lag, pending, age, checked, check_ok, l1, corrupt)
 
 
 def init_sentry(dsn: str | None) -> bool:

@@ -36,6 +36,7 @@ DB_ROUTES = [
     ("GET", "/db/info"),
     ("POST", "/db/upload"),
     ("DELETE", "/db"),
+    ("POST", "/db/verify"),
 ]
 """Every route that takes a ``db`` query parameter."""
 
@@ -417,13 +418,14 @@ class ServerState:
 def data_files(server: Server) -> frozenset[str]:
     """Every path under the server's data directory (relative), except the metadata db's own files, the
     temp directory's contents (removed at the end of each request, a moment after its response) and the
-    cache of current snapshots (built by reads)."""
+    cache of current snapshots (built by reads), and the local store's probe files (written and removed
+    by each storage health check)."""
     root, scratch = server.config.data_path, {server.store.tmp_dir, server.store.snapshots.root}
     paths = root.rglob("*")
     return frozenset(
         str(p.relative_to(root))
         for p in paths
-        if p.parent not in scratch and not p.name.startswith("server.db")
+        if p.parent not in scratch and not p.name.startswith(("server.db", ".check."))
     )
 
 

@@ -9,6 +9,7 @@ import re
 import sqlite3
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -401,4 +402,79 @@ async def audit(client: Client, since: str | None, as_json: bool) -> None:
     )  # fmt: skip
 
 
-COMMANDS = [list_cmd, info, export, import_cmd, restore, delete, undelete, cluster, token, audit]
+def _check_fields(record: dict[str, Any]) -> list[tuple[str, object]]:
+    return [
+        ("outcome", "passed" if record["ok"] else "FAILED"),
+        ("txid", record["txID"]),
+        ("checked at", record["checkedAt"]),
+        ("duration", f"{record['durationMs'] / 1000:.2f}s"),
+        ("read from storage", f"{record['bytesRead']} bytes"),
+        ("database size", f"{record['dbBytes']} bytes"),
+        ("message", record["message"]),
+    ]
+
+
+@click.command()
+@click.argument("db")
+@target_options
+@JSON_OPTION
+@api_command
+async def verify(client: Client, db: str, txid: str | None, timestamp: str | None, as_json: bool) -> None:
+    """Check now that a point (default: the newest in object storage) restores: rebuilt from storage
+    alone, opened by SQLite (integrity_check) and compared with its recorded checksum. Exits 1 if not."""
+    check_target(txid, timestamp, required=False)
+    report = await client.verify(db, txid, timestamp)
+    if as_json:
+        print_json(report)
+    else:
+        print_fields("restore check", [("database", db), *_check_fields(report)])
+    if not report["ok"]:
+        raise click.exceptions.Exit(1)
+
+
+@click.command()
+@JSON_OPTION
+@api_command
+async def status(client: Client, as_json: bool) -> None:
+    """Show every database of the cluster: position, HWM lag, last level-1 upload and last restore check."""
+    databases = await client.status()
+    if as_json:
+        print_json(databases)
+        return
+
+    now = time.time()
+
+    def _age(timestamp: str | None) -> str:
+        if timestamp is None:
+            return "never"
+        seconds = max(0, int(now - parse_timestamp(timestamp) / 1000))
+        return f"{seconds // 3600}h{seconds // 60 % 60:02d}m ago" if seconds >= 3600 else f"{seconds}s ago"
+
+    def _check(c: dict[str, Any] | None) -> list[str]:
+        if c is None:
+            return ["never", "-", "-"]
+        return [c["checkedAt"], c["txID"], "ok" if c["ok"] else f"FAILED: {c['message']}"]
+
+    print_table(
+        ["DATABASE", "TXID", "HWM LAG", "LAST L1 UPLOAD", "LAST CHECK", "CHECKED TXID", "OUTCOME"],
+        [
+            [d["name"], d["txID"], d["hwmLag"], _age(d["lastL1Upload"]), *_check(d["lastCheck"])]
+            for d in databases
+        ],
+    )
+
+
+COMMANDS = [
+    list_cmd,
+    info,
+    export,
+    import_cmd,
+    restore,
+    verify,
+    status,
+    delete,
+    undelete,
+    cluster,
+    token,
+    audit,
+]

@@ -30,11 +30,13 @@ from ..store.records import Database
 from ..store.recovery import Readiness
 from ..store.restore import import_database, restore
 from ..store.store import Store
+from ..store.verify import Verifier, cluster_status
 from .roles import ALL_CLUSTER_ROUTES, AUDITED, POINT_IN_TIME_ROLE, PUBLIC_ROUTES, ROUTE_ROLES, Route
 
 log = logging.getLogger(__name__)
 
 STORE_KEY = web.AppKey("store", Store)
+VERIFIER_KEY = web.AppKey("verifier", Verifier)
 CLUSTER_KEY = web.RequestKey("cluster", str)
 READINESS_KEY = web.AppKey("readiness", Readiness)
 PRINCIPAL_KEY = web.RequestKey("principal", Principal)
@@ -724,6 +726,22 @@ async def post_reset_cluster_id(request: web.Request) -> web.Response:
     return json_response({"cluster": cluster, "wasPinned": was_pinned})
 
 
+async def post_verify(request: web.Request) -> web.Response:
+    """``POST /db/verify?db=[&txid=|&timestamp=]``: a restore check of that point (default: the newest one in
+    object storage) now; the report. A failed check is a 200 with ``"ok": false``: the request worked."""
+    store = request.app[STORE_KEY]
+    db = await store.database(request[CLUSTER_KEY], db_name(request))
+    txid, ts = parse_target(request, required=False)
+    record = await request.app[VERIFIER_KEY].check(db, txid, ts)
+    return json_response({"database": db.name, **record.to_json()})
+
+
+async def get_status(request: web.Request) -> web.Response:
+    """``GET /status``: per database of the cluster, position, HWM lag, last L1 upload and last check."""
+    statuses = await cluster_status(request.app[STORE_KEY], request[CLUSTER_KEY])
+    return json_response({"databases": [s.to_json() for s in statuses]})
+
+
 async def healthz(request: web.Request) -> web.Response:
     """``GET /healthz``: 200 when the metadata db and object storage answer, else 503 with the names of the
     failing parts only (what failed, with bucket or path, goes to the log, never to an unauthenticated
@@ -765,7 +783,9 @@ def create_metrics_app(store: Store) -> web.Application:
     return app
 
 
-def create_app(store: Store, readiness: Readiness, serve_metrics: bool) -> web.Application:
+def create_app(
+    store: Store, readiness: Readiness, serve_metrics: bool, verifier: Verifier | None = None
+) -> web.Application:
     """The application with every route and middleware, serving ``store``. ``/metrics`` is among them
     only with ``serve_metrics``: its labels name every cluster and database, so it is never served to
     the network without authorization."""
@@ -774,6 +794,7 @@ def create_app(store: Store, readiness: Readiness, serve_metrics: bool) -> web.A
     )
     app[STORE_KEY] = store
     app[READINESS_KEY] = readiness
+    app[VERIFIER_KEY] = verifier or Verifier(store)
     app[INFLIGHT_KEY] = InFlight()
     app[BODIES_KEY] = Bodies()
     app.router.add_get("/pos", get_pos, allow_head=False)
@@ -792,6 +813,8 @@ def create_app(store: Store, readiness: Readiness, serve_metrics: bool) -> web.A
     app.router.add_get("/tokens", get_tokens, allow_head=False)
     app.router.add_delete("/tokens", delete_token)
     app.router.add_get("/audit", get_audit, allow_head=False)
+    app.router.add_post("/db/verify", post_verify, expect_handler=expect_continue)
+    app.router.add_get("/status", get_status, allow_head=False)
     app.router.add_get("/healthz", healthz, allow_head=False)
     if serve_metrics:
         app.router.add_get("/metrics", metrics, allow_head=False)

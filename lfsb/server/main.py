@@ -12,12 +12,16 @@ from aiohttp import web
 
 from ..config import Config, load_config
 from ..errors import LfsbError
+from ..notify import Notifier
 from ..observability import flush_sentry, init_sentry
 from ..storage import LocalStore, ObjectStore, StorageError
 from ..store.compaction import Scheduler
 from ..store.deletion import purge_loop
+from ..store.health import Monitor
 from ..store.recovery import Readiness, begin_run, end_run, recover
+from ..store.scrub import Scrubber
 from ..store.store import Store
+from ..store.verify import Verifier
 from . import connections
 from .app import INFLIGHT_KEY, create_app, create_metrics_app
 from .logs import setup_logging
@@ -61,6 +65,10 @@ class Server:
         self.objects = objects if objects is not None else open_object_store(config)
         self.store = Store(config, self.objects)
         self.scheduler = Scheduler(self.store)
+        self.notifier = Notifier(config.notify_url, config.heartbeat_url)
+        self.verifier = Verifier(self.store, self.notifier)
+        self.monitor = Monitor(self.store, self.notifier)
+        self.scrubber = Scrubber(self.store, self.notifier)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._metrics_runner: web.AppRunner | None = None
@@ -78,7 +86,10 @@ class Server:
         (until a cluster is recovered, its routes answer 503) and start compaction after it."""
         config = self.config
         self._app = create_app(
-            self.store, self.readiness, serve_metrics=config.metrics_bind is None and config.loopback
+            self.store,
+            self.readiness,
+            serve_metrics=config.metrics_bind is None and config.loopback,
+            verifier=self.verifier,
         )
         # auto_decompress=False: a request body is never inflated (any Content-Encoding gets a 415).
         self._runner = web.AppRunner(
@@ -132,7 +143,7 @@ class Server:
 
     async def _recover(self, full_scan: bool) -> None:
         """Recover from storage while serving (retried while storage fails), then start the scheduled
-        work: compaction, retention and purges."""
+        work: compaction, retention, purges, restore checks, health monitoring and the scrub."""
         while True:
             try:
                 await recover(self.store, self.readiness, full_scan)
@@ -143,6 +154,10 @@ class Server:
         self.readiness.finish()
         self.scheduler.start()
         self._purger = asyncio.create_task(purge_loop(self.store), name="purge")
+        self.notifier.start()
+        self.verifier.start()
+        self.monitor.start()
+        self.scrubber.start()
 
     async def wait_recovered(self) -> None:
         """Until the recovery at start is done."""
@@ -193,7 +208,14 @@ class Server:
             for task in (self._recovery, self._purger):
                 if task is not None:
                     task.cancel()
-            await asyncio.gather(_drain(), self.scheduler.stop(SHUTDOWN_TIMEOUT))
+            await asyncio.gather(
+                _drain(),
+                self.scheduler.stop(SHUTDOWN_TIMEOUT),
+                self.verifier.stop(),
+                self.monitor.stop(),
+                self.scrubber.stop(),
+            )
+            await self.notifier.stop()
             if recovered:
                 await end_run(self.store)  # the metadata db matches storage: the next start need not list it
         if self._runner is not None:

@@ -27,6 +27,8 @@ ROUTE_ROLES: dict[Route, Role] = {
     ("GET", "/tokens"): Role.ADMIN,
     ("DELETE", "/tokens"): Role.ADMIN,
     ("GET", "/audit"): Role.ADMIN,
+    ("POST", "/db/verify"): Role.READ,  # a restore check only reads backups (and records its outcome)
+    ("GET", "/status"): Role.READ,
 }
 
 POINT_IN_TIME_ROLE = Role.READ

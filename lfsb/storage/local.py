@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Collection
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -108,6 +109,52 @@ class FileSystemSync:
             _fsync(path)
         for directory in {path.parent for path in paths}:
             fsync_dir(directory)
+
+
+class WriteBehind:
+    """Wraps a file being written so that its dirty pages are flushed every ``chunk`` bytes and dropped from
+    the page cache, at no more than ``rate`` bytes per second: a large temp file then never leaves much for
+    the next ``syncfs`` of the file system (ingestion's group commits) to write out, nor fills the disk's
+    queue ahead of them."""
+
+    def __init__(self, f: BinaryIO, chunk: int = 2 * 2**20, rate: float | None = None) -> None:
+        self._f = f
+        self._chunk = chunk
+        self._rate = rate
+        self._pending = 0
+        self._written = 0
+        self._start = time.monotonic()
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Write ``data``; flush to disk once ``chunk`` bytes are pending."""
+        n = self._f.write(data)
+        self._pending += n
+        if self._pending >= self._chunk:
+            self.flush()
+        return n
+
+    def flush(self) -> None:
+        """Write the pending bytes out to disk, drop them from the page cache, keep to the rate."""
+        self._f.flush()
+        fd = self._f.fileno()
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        self._written += self._pending
+        self._pending = 0
+        if self._rate:
+            time.sleep(max(0.0, self._written / self._rate - (time.monotonic() - self._start)))
+
+
+def remove_gradually(path: Path, step: int = 16 * 2**20) -> None:
+    """Remove a large file by truncating it in steps first: freeing all its blocks in one unlink makes
+    one large journal transaction that other writers' fsyncs wait behind."""
+    with contextlib.suppress(FileNotFoundError):
+        with open(path, "r+b") as f:
+            size = os.fstat(f.fileno()).st_size
+            while size > 0:
+                size = max(0, size - step)
+                os.ftruncate(f.fileno(), size)
+        path.unlink()
 
 
 def remove_file(path: Path) -> None:

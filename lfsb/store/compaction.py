@@ -160,6 +160,8 @@ class Scheduler:
         written = sum(r or 0 for r in results)
         if None not in results:
             self.store.metrics.compaction_succeeded(level)
+        else:
+            self.store.metrics.compaction_failed(level)
         if level != 1:  # a sweep for idle databases too (L1 runs are too frequent for that)
             for db in await self._retention_due():
                 if db not in candidates:

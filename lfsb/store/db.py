@@ -113,8 +113,10 @@ def apply_migrations(conn: sqlite3.Connection) -> list[str]:
 _ID = struct.Struct("<Q")
 
 
-def _writer_context() -> multiprocessing.context.BaseContext:
-    """Writer processes fork from a small server process (started once, with the store's modules
+def process_context() -> multiprocessing.context.BaseContext:
+    """The context of the server's helper processes (the metadata writer, restore checks).
+
+    Writer processes fork from a small server process (started once, with the store's modules
     imported), never from this multi-threaded process itself. As with any multiprocessing start method
     but ``fork``, the main script is imported again there (as ``__mp_main__``): a script that starts the
     server must do so under ``if __name__ == "__main__"``, as the entry points do."""
@@ -303,7 +305,7 @@ class MetaDB:
             log.info("migration applied name=%s", name)
 
         def _start() -> None:
-            ctx = _writer_context()
+            ctx = process_context()
             ours, theirs = ctx.Pipe()
             process = ctx.Process(
                 target=_serve_writes, args=(theirs, self.path, self._sync_files), name="lfsb-db-writer"

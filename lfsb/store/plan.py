@@ -29,18 +29,24 @@ def file_cost(f: LTXFile) -> int:
 
 
 def reachable(
-    files: Iterable[LTXFile], upto: int | None = None, cost: Callable[[LTXFile], int] = file_cost
+    files: Iterable[LTXFile],
+    upto: int | None = None,
+    cost: Callable[[LTXFile], int] = file_cost,
+    start: int = 1,
 ) -> dict[int, tuple[int, LTXFile]]:
     """For every TXID a chain can end at (up to ``upto``): (cost, last file of the cheapest chain).
 
     Files are taken in order of their max TXID; a file extends a chain ending at ``min - 1``
-    (a snapshot starts one). Ties keep the file of the higher level, whose files are bigger.
+    (a file starting at ``start``, by default a snapshot, starts one). Ties keep the file of the
+    higher level, whose files are bigger.
     """
     best: dict[int, tuple[int, LTXFile]] = {}
     for f in sorted(files, key=lambda f: (f.max_txid, f.min_txid)):
         if upto is not None and f.max_txid > upto:
             break
-        if f.min_txid == 1:
+        if f.min_txid < start:
+            continue
+        if f.min_txid == start:
             base = 0
         elif (prev := best.get(f.min_txid - 1)) is not None:
             base = prev[0]
@@ -53,15 +59,15 @@ def reachable(
     return best
 
 
-def chain(best: dict[int, tuple[int, LTXFile]], txid: int) -> list[LTXFile]:
-    """The files of the cheapest chain ending at ``txid``, oldest first (ENOTXID if none)."""
+def chain(best: dict[int, tuple[int, LTXFile]], txid: int, start: int = 1) -> list[LTXFile]:
+    """The files of the cheapest chain (from ``start``) ending at ``txid``, oldest first (ENOTXID if none)."""
     if txid not in best:
         raise tx_not_available()
     files = []
     while True:
         f = best[txid][1]
         files.append(f)
-        if f.min_txid == 1:
+        if f.min_txid == start:
             break
         txid = f.min_txid - 1
     files.reverse()
@@ -71,6 +77,12 @@ def chain(best: dict[int, tuple[int, LTXFile]], txid: int) -> list[LTXFile]:
 def snapshot_plan(files: Iterable[LTXFile], txid: int) -> list[LTXFile]:
     """The cheapest contiguous chain of ``files`` from a snapshot to exactly ``txid``."""
     return chain(reachable(files, upto=txid), txid)
+
+
+def cover(files: Iterable[LTXFile], min_txid: int, max_txid: int) -> list[LTXFile]:
+    """The cheapest contiguous chain of ``files`` from exactly ``min_txid`` to exactly ``max_txid`` (what
+    rebuilds a file of that range; ENOTXID if none)."""
+    return chain(reachable(files, upto=max_txid, start=min_txid), max_txid, start=min_txid)
 
 
 def timestamp_not_available() -> LfsbError:
