@@ -37,6 +37,8 @@ ROUTE_CASES: dict[tuple[str, str], tuple[str, int]] = {
     ("GET", "/db/info"): ("/db/info?db=db", 200),
     ("GET", "/db/restore/check"): ("/db/restore/check?db=db&txid=0000000000000001", 200),
     ("GET", "/deleted"): ("/deleted", 200),
+    ("POST", "/db/verify"): ("/db/verify?db=nosuch", 404),
+    ("GET", "/status"): ("/status", 200),
     ("POST", "/db/restore"): ("/db/restore?db=nosuch&txid=0000000000000001", 404),
     ("POST", "/db/upload"): ("/db/upload?db=nosuch", 422),  # an empty body: EBADHEADER
     ("DELETE", "/db"): ("/db?db=nosuch", 404),

@@ -40,18 +40,20 @@ def compact(
     allow_gaps: bool = False,
     timestamp: int | None = None,
     trusted: bool = False,
+    checksums: bool = True,
 ) -> tuple[Header, Trailer]:
     """Merge ``inputs`` (in any order) into ``output``; returns the output header and trailer.
 
     ``timestamp`` overrides the output timestamp (by default the last input's). On any error the
     output is incomplete and must be discarded: inputs are only fully verified at the end.
-    ``trusted`` is :class:`Decoder`'s, for inputs lfsb wrote itself or already verified.
+    ``trusted`` and ``checksums`` are :class:`Decoder`'s, for inputs lfsb wrote itself or already
+    verified.
     """
     if not inputs:
         raise LTXError("at least one input reader required")
     decoders = []
     for i, f in enumerate(inputs):
-        dec = Decoder(f, trusted=trusted)
+        dec = Decoder(f, trusted=trusted, checksums=checksums)
         try:
             dec.read_header()
         except LTXError as e:

@@ -29,14 +29,16 @@ class Decoder:
 
     Pages come back as ``(pgno, frame)`` where ``frame`` is a memoryview of ``be32(pgno) || data``
     (the logical page frame, which is also what the page checksum hashes); ``frame[4:]`` is the
-    page. A frame stays valid after later reads. ``trusted`` is for files lfsb wrote itself or
-    already verified: see :class:`~lfsb.ltx.lz4frame.FrameReader`; a trusted snapshot's post-apply
-    checksum is not recomputed from its pages either (the file checksum is still checked).
+    page. A frame stays valid after later reads. ``trusted`` and ``checksums`` are for files lfsb wrote
+    itself or already verified: see :class:`~lfsb.ltx.lz4frame.FrameReader`; with ``checksums=False`` a
+    snapshot's post-apply checksum is not recomputed from its pages either (the file checksum is still
+    checked).
     """
 
-    def __init__(self, f: BinaryIO, *, trusted: bool = False) -> None:
+    def __init__(self, f: BinaryIO, *, trusted: bool = False, checksums: bool = True) -> None:
         self._f = f
         self._trusted = trusted
+        self._checksums = checksums
         self.header: Header | None = None
         self._frames_read = 0
         self._crc: int | None = None
@@ -67,9 +69,9 @@ class Decoder:
         self._frame_size = PAGE_HEADER_SIZE + header.page_size
         self._raw_chunk = max(1, _RAW_CHUNK // self._frame_size) * self._frame_size
         self._lock_pgno = header.lock_pgno
-        self._is_snapshot = header.is_snapshot and not self._trusted  # whether pages are summed
+        self._is_snapshot = header.is_snapshot and self._checksums  # whether pages are summed
         if header.compressed:
-            self._lz4 = FrameReader(self._f, trusted=self._trusted)
+            self._lz4 = FrameReader(self._f, trusted=self._trusted, checksums=self._checksums)
         return header
 
     # -- pages ----------------------------------------------------------------------------------

@@ -183,14 +183,15 @@ class FrameReader:
     """Reads the blocks of one LZ4 frame from ``f`` (skipping skippable frames before it).
 
     ``trusted`` skips the token walk that checks, on every block liblz4 accepts, the two rules
-    the reference has and liblz4 lacks (see :func:`decode_block`), and the frame's content checksum:
-    for files lfsb wrote itself or already verified, where both would only cost time (the LTX file
-    checksum still covers every byte).
+    the reference has and liblz4 lacks (see :func:`decode_block`): for files lfsb wrote itself or
+    already verified, where the walk would only cost time. ``checksums=False`` also skips the frame's
+    content checksum (the LTX file checksum still covers every byte of the data).
     """
 
-    def __init__(self, f: BinaryIO, *, trusted: bool = False) -> None:
+    def __init__(self, f: BinaryIO, *, trusted: bool = False, checksums: bool = True) -> None:
         self._f = f
         self._trusted = trusted
+        self._checksums = checksums
         self._started = False
         self._done = False
         self._block_max = 0
@@ -254,7 +255,7 @@ class FrameReader:
         if size == 0:
             if self._content_checksum:
                 (stored,) = _U32.unpack(_read_field(f, 4))
-                computed = stored if self._trusted else self._xxh.intdigest()
+                computed = self._xxh.intdigest() if self._checksums else stored
                 if stored != computed:
                     raise LTXError(f"lz4: invalid frame checksum: got {computed:x}; expected {stored:x}")
             return None
@@ -272,7 +273,7 @@ class FrameReader:
             computed = xxhash.xxh32_intdigest(data)
             if computed != stored:
                 raise LTXError(f"lz4: invalid block checksum: got {computed:x}; expected {stored:x}")
-        if self._content_checksum and not self._trusted:
+        if self._content_checksum and self._checksums:
             self._xxh.update(data)
         if self._linked:
             self._dict = (self._dict + data)[-_DICT_SIZE:]

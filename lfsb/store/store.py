@@ -143,17 +143,19 @@ def list_files(conn: sqlite3.Connection, db_id: int, corrupt: bool = False) -> l
 
 
 def compact_stream(
-    inputs: list[BinaryIO], out: BinaryIO, compress: bool, tmp_dir: Path
+    inputs: list[BinaryIO], out: BinaryIO, compress: bool, tmp_dir: Path, checksums: bool = False
 ) -> tuple[Header, Trailer]:
     """Merge ``inputs`` (contiguous, oldest first) into ``out``, in passes of at most 256 files (the
-    partial merges go to temp files)."""
+    partial merges go to temp files). Inputs are lfsb's own files, decoded as trusted: ``checksums``
+    still verifies their LZ4 content checksums and snapshot page sums (a restore check does; a
+    restore or an export relies on the LTX file checksums)."""
     with contextlib.ExitStack() as partials:
         while len(inputs) > MAX_COMPACT_INPUTS:
             partial = partials.enter_context(tempfile.TemporaryFile(dir=tmp_dir))
-            compact(inputs[:MAX_COMPACT_INPUTS], partial, compress=False, trusted=True)
+            compact(inputs[:MAX_COMPACT_INPUTS], partial, compress=False, trusted=True, checksums=checksums)
             partial.seek(0)
             inputs = [partial, *inputs[MAX_COMPACT_INPUTS:]]
-        return compact(inputs, out, compress=compress, trusted=True)
+        return compact(inputs, out, compress=compress, trusted=True, checksums=checksums)
 
 
 def compact_files(

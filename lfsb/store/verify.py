@@ -83,7 +83,7 @@ def rebuild_and_check(paths: list[str], tmp_dir: str, expected: int) -> tuple[in
             def _merge() -> None:  # closing the pipe ends the decoder's input
                 try:
                     with open(w, "wb", buffering=PIPE_BUFFER) as pipe:
-                        compact_stream(handles, pipe, False, Path(tmp_dir))
+                        compact_stream(handles, pipe, False, Path(tmp_dir), checksums=True)
                 except BaseException as e:  # reported by the decoder's side, which then fails too
                     failed.append(e)
 
