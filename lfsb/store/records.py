@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from ..ltx import Pos, format_filename
+from ..ltx import Pos, format_filename, format_timestamp, format_txid
 from .db import from_sql
 
 L0 = 0
@@ -93,3 +93,43 @@ def remote_from_row(row: tuple) -> LTXFile:
     """From ``SELECT`` :data:`REMOTE_COLUMNS` ``FROM remote_files``."""
     level, mn, mx, commit, ts, pre, post, size, created = row
     return LTXFile(level, mn, mx, commit, ts, from_sql(pre), from_sql(post), size, created)
+
+
+@dataclass(frozen=True)
+class CheckRecord:
+    """One restore check of a database: when it ended, the point, what it cost and its outcome."""
+
+    checked_at: int
+    """Milliseconds since the epoch."""
+    txid: int
+    """The point checked (0 when no point could be planned from object storage)."""
+    duration_ms: int
+    bytes_read: int
+    """Bytes of LTX files read from object storage."""
+    db_bytes: int
+    """Size of the rebuilt SQLite file."""
+    ok: bool
+    message: str
+    scheduled: bool
+
+    def to_json(self) -> dict[str, object]:
+        """The record as the API returns it (TXID in hex, time in RFC 3339)."""
+        return {
+            "checkedAt": format_timestamp(self.checked_at),
+            "txID": format_txid(self.txid),
+            "durationMs": self.duration_ms,
+            "bytesRead": self.bytes_read,
+            "dbBytes": self.db_bytes,
+            "ok": self.ok,
+            "message": self.message,
+            "scheduled": self.scheduled,
+        }
+
+
+CHECK_COLUMNS = "checked_at, txid, duration_ms, bytes_read, db_bytes, ok, message, scheduled"
+
+
+def check_from_row(row: tuple) -> CheckRecord:
+    """From ``SELECT`` :data:`CHECK_COLUMNS` ``FROM restore_checks``."""
+    at, txid, duration, read, size, ok, message, scheduled = row
+    return CheckRecord(at, txid, duration, read, size, bool(ok), message, bool(scheduled))

@@ -103,7 +103,7 @@ async def _rebuild(store: Store, cluster: str, name: str, infos: list[FileInfo])
 
 async def _reconcile(store: Store, db: Database, infos: list[FileInfo]) -> None:
     """Bring the index of ``db`` in line with the listing ``infos``."""
-    indexed = {(f.level, f.min_txid, f.max_txid) for f in await store.files(db) if f.level > 0}
+    indexed = {(f.level, f.min_txid, f.max_txid) for f in await store.files(db, corrupt=True) if f.level > 0}
     listed = {(i.level, i.min_txid, i.max_txid): i for i in infos}
     missing = [info for key, info in listed.items() if key not in indexed]
     gone = [key for key in indexed if key not in listed]

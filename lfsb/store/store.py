@@ -32,15 +32,18 @@ from .db import MetaDB, execute, executemany, from_sql
 from .ingest import Incoming, append, find_database, inspect, inspect_file, l0_path
 from .plan import snapshot_plan
 from .records import (
+    CHECK_COLUMNS,
     L0,
     L0_COLUMNS,
     REMOTE_COLUMNS,
+    CheckRecord,
     Database,
     LTXFile,
+    check_from_row,
     l0_from_row,
     remote_from_row,
 )
-from .writes import index_upload, pin_cluster_id, unpin_cluster_id
+from .writes import index_upload, pin_cluster_id, record_check, unpin_cluster_id
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +117,15 @@ class _DatabaseLocks:
     files: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-def list_files(conn: sqlite3.Connection, db_id: int) -> list[LTXFile]:
-    """Every L0 and remote file of a database."""
+def list_files(conn: sqlite3.Connection, db_id: int, corrupt: bool = False) -> list[LTXFile]:
+    """Every L0 and remote file of a database; remote files the scrub found corrupt only with ``corrupt``."""
     files = [
         l0_from_row(r) for r in conn.execute(f"SELECT {L0_COLUMNS} FROM l0_files WHERE db_id = ?", (db_id,))
     ]
+    healthy = "" if corrupt else " AND corrupt IS NULL"
     files += [
         remote_from_row(r)
-        for r in conn.execute(f"SELECT {REMOTE_COLUMNS} FROM remote_files WHERE db_id = ?", (db_id,))
+        for r in conn.execute(f"SELECT {REMOTE_COLUMNS} FROM remote_files WHERE db_id = ?{healthy}", (db_id,))
     ]
     return files
 
@@ -290,9 +294,37 @@ class Store:
             raise not_found_db()
         return db
 
-    async def files(self, db: Database) -> list[LTXFile]:
-        """Every L0 and remote file of a database."""
-        return await self.meta.read(lambda c: list_files(c, db.id))
+    async def files(self, db: Database, corrupt: bool = False) -> list[LTXFile]:
+        """Every L0 and remote file of a database (those found corrupt only with ``corrupt``: plans route
+        around them)."""
+        return await self.meta.read(lambda c: list_files(c, db.id, corrupt))
+
+    # -- restore checks -------------------------------------------------------------------------
+    async def record_check(self, db: Database, record: CheckRecord) -> bool:
+        """Record a restore check of ``db``; False if the database is gone."""
+        return await self.meta.write(record_check, db.id, record)
+
+    async def checks(self, db: Database, limit: int = 10) -> list[CheckRecord]:
+        """The newest restore checks of ``db``, newest first."""
+        return await self.meta.read(
+            lambda c: [
+                check_from_row(r)
+                for r in c.execute(
+                    f"SELECT {CHECK_COLUMNS} FROM restore_checks WHERE db_id = ? ORDER BY id DESC LIMIT ?",
+                    (db.id, limit),
+                )
+            ]
+        )
+
+    async def last_checks(self, cluster: str) -> dict[str, CheckRecord]:
+        """The newest restore check of every database of ``cluster`` that has one, by database name."""
+        query = (
+            f"SELECT d.name, {', '.join('r.' + c for c in CHECK_COLUMNS.split(', '))}"
+            " FROM databases d JOIN restore_checks r ON r.id ="
+            " (SELECT MAX(id) FROM restore_checks WHERE db_id = d.id) WHERE d.cluster = ? ORDER BY d.name"
+        )
+        rows = await self.meta.read(lambda c: c.execute(query, (cluster,)).fetchall())
+        return {row[0]: check_from_row(row[1:]) for row in rows}
 
     # -- ingestion ------------------------------------------------------------------------------
     async def write_tx(self, cluster: str, name: str, body: bytes | Path) -> Database:

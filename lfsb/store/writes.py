@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 
 from .db import to_sql
-from .records import REMOTE_COLUMNS, Database, LTXFile
+from .records import CHECK_COLUMNS, REMOTE_COLUMNS, CheckRecord, Database, LTXFile
 
 
 def index_files(conn: sqlite3.Connection, db_id: int, page_size: int, files: list[LTXFile]) -> None:
@@ -114,3 +114,23 @@ def update_index(
     if added:
         top = max(f.max_txid for f in added if f.level == 1) if any(f.level == 1 for f in added) else 0
         conn.execute("UPDATE databases SET hwm = MAX(hwm, ?) WHERE id = ?", (min(top, db.txid), db.id))
+
+
+CHECKS_KEPT = 100
+"""Restore checks kept per database (older ones are dropped as new ones are recorded)."""
+
+
+def record_check(conn: sqlite3.Connection, db_id: int, r: CheckRecord) -> bool:
+    """Record a restore check of a database; False if the database is gone."""
+    if not conn.execute("SELECT 1 FROM databases WHERE id = ?", (db_id,)).fetchone():
+        return False
+    conn.execute(
+        f"INSERT INTO restore_checks (db_id, {CHECK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (db_id, r.checked_at, r.txid, r.duration_ms, r.bytes_read, r.db_bytes, r.ok, r.message, r.scheduled),
+    )
+    conn.execute(
+        "DELETE FROM restore_checks WHERE db_id = ? AND id NOT IN"
+        " (SELECT id FROM restore_checks WHERE db_id = ? ORDER BY id DESC LIMIT ?)",
+        (db_id, db_id, CHECKS_KEPT),
+    )
+    return True
