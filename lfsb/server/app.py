@@ -29,6 +29,7 @@ from ..store.plan import restorable_points
 from ..store.records import Database
 from ..store.restore import import_database, open_export, resolve_point, restore_point
 from ..store.store import Store
+from ..ui import UI_PREFIX, UI_ROUTES, create_ui_app
 from .roles import ALL_CLUSTER_ROUTES, AUDITED, POINT_IN_TIME_ROLE, PUBLIC_ROUTES, ROUTE_ROLES, Route
 
 log = logging.getLogger(__name__)
@@ -252,7 +253,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     429 after repeated failures from one address), hold a cluster to its pinned LiteFS cluster ID, and
     write admin actions to the audit log."""
     route = route_of(request)
-    if route is None or route in PUBLIC_ROUTES:
+    if route is None or route in PUBLIC_ROUTES or route in UI_ROUTES:  # the dashboard checks its sessions
         return await handler(request)
     store = request.app[STORE_KEY]
     access = store.access
@@ -749,4 +750,5 @@ def create_app(store: Store, serve_metrics: bool) -> web.Application:
     app.router.add_get("/healthz", healthz, allow_head=False)
     if serve_metrics:
         app.router.add_get("/metrics", metrics, allow_head=False)
+    app.add_subapp(UI_PREFIX, create_ui_app(store))
     return app
