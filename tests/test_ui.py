@@ -21,6 +21,8 @@ from lfsb.ltx import format_timestamp, format_txid
 from lfsb.server.main import Server
 from lfsb.server.roles import PUBLIC_ROUTES, ROUTE_ROLES
 from lfsb.store.access import Role
+from lfsb.store.db import now_ms
+from lfsb.store.records import CheckRecord
 from lfsb.ui import UI_PREFIX, UI_ROUTES, create_ui_app
 from tests.lfsb_server import Client, History, check_sqlite
 from tests.litefs import LiteFSEmulator
@@ -67,6 +69,9 @@ async def site(start_server: Callable[..., Any], tmp_path: Path) -> AsyncIterato
         await server.scheduler.run(1)
         await server.scheduler.run(2)
         await history.write(3)
+        db = await server.store.database("test", "db")
+        check = CheckRecord(now_ms(), 7, 12, 9000, 8192, True, "rows and integrity ok", True)
+        assert await server.store.record_check(db, check)
         yield Site(server, node, history, tokens)
 
 
@@ -286,7 +291,14 @@ async def test_browser_admin_restores_through_the_confirmation(site: Site, page:
     await shot(page, tmp_path, "clusters")
     await page.click("a[href='/ui/c/test']")
     await page.wait_for_selector("h1:text('Cluster test')")
-    assert "db" in await page.inner_text("table")
+    row = await page.inner_text("table tbody tr")
+    assert row.split("\t")[:4] == [
+        "db",
+        format_txid(len(h.states)),
+        "8.0 KiB",
+        str(site.node.txid - site.node.hwm),
+    ]
+    assert "ok" in row and format_txid(7) in row  # the last restore check
     await shot(page, tmp_path, "cluster")
     await page.click("a[href='/ui/c/test/db/db']")
     marks = page.locator("svg circle.pt")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..ltx import format_timestamp
 from ..store.overview import TimelinePoint
 
 WIDTH, HEIGHT = 800, 260
@@ -31,8 +32,8 @@ class Chart:
     """SVG polyline points of the size series."""
     gaps: list[tuple[float, float]]
     """x ranges with unreachable TXIDs."""
-    x_ticks: list[tuple[float, int]]
-    """(x, time in ms)."""
+    x_ticks: list[tuple[float, str, str]]
+    """(x, time as text, text-anchor)."""
     y_ticks: list[tuple[float, int]]
     """(y, TXID)."""
     max_size: int
@@ -74,7 +75,12 @@ def build(points: list[TimelinePoint], gaps: list[tuple[TimelinePoint, TimelineP
     shown = _thin(points, keep)
     marks = [Mark(p, x_of(p.timestamp), y_of(p.txid)) for p in shown]
     size_line = " ".join(f"{x_of(p.timestamp)},{y_of_size(p.size)}" for p in shown)
-    x_ticks = [(x_of(t0 + span_t * i // 4), t0 + span_t * i // 4) for i in range(5)] if t1 > t0 else []
+    ticks = [t0 + span_t * i // 4 for i in range(5)] if t1 > t0 else [t0]
+    cut = slice(11, 23) if span_t < 60_000 else slice(11, 16) if span_t < 86_400_000 else slice(5, 16)
+    anchors = ["start", "middle", "middle", "middle", "end"] if len(ticks) > 1 else ["middle"]
+    x_ticks = [
+        (x_of(t), format_timestamp(t).replace("T", " ")[cut], a) for t, a in zip(ticks, anchors, strict=True)
+    ]
     y_ticks = sorted(
         {(y_of(x0 + span_x * i // 4), x0 + span_x * i // 4) for i in range(5)} if x1 > x0 else []
     )

@@ -81,8 +81,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # -- formatting -------------------------------------------------------------------------------------
 def fmt_time(ms: int | None) -> str:
-    """UTC time to the second."""
-    return "—" if ms is None else format_timestamp(ms)[:19].replace("T", " ") + "Z"
+    """UTC time to the millisecond."""
+    return "—" if ms is None else format_timestamp(ms).replace("T", " ")
 
 
 def fmt_age(ms: int | None, now: int) -> str:
