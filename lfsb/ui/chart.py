@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ltx import format_timestamp
+from ..ltx import format_timestamp, format_txid
 from ..store.overview import TimelinePoint
+from .text import fmt_size, fmt_time, level_name
 
 WIDTH, HEIGHT = 800, 260
 LEFT, RIGHT, TOP, BOTTOM = 64, 16, 12, 36
@@ -16,11 +17,13 @@ MAX_MARKS = 400
 
 @dataclass(frozen=True)
 class Mark:
-    """One drawn point."""
+    """One drawn point: where, its TXID (hex), level and description."""
 
-    point: TimelinePoint
     x: float
     y: float
+    txid: str
+    level: int
+    label: str
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,17 @@ def build(points: list[TimelinePoint], gaps: list[tuple[TimelinePoint, TimelineP
 
     keep = {p.txid for gap in gaps for p in gap}
     shown = _thin(points, keep)
-    marks = [Mark(p, x_of(p.timestamp), y_of(p.txid)) for p in shown]
+    marks = [
+        Mark(
+            x_of(p.timestamp),
+            y_of(p.txid),
+            format_txid(p.txid),
+            p.level,
+            f"TXID {format_txid(p.txid)} at {fmt_time(p.timestamp)}, {fmt_size(p.size)},"
+            f" {level_name(p.level)}",
+        )
+        for p in shown
+    ]
     size_line = " ".join(f"{x_of(p.timestamp)},{y_of_size(p.size)}" for p in shown)
     ticks = [t0 + span_t * i // 4 for i in range(5)] if t1 > t0 else [t0]
     cut = slice(11, 23) if span_t < 60_000 else slice(11, 16) if span_t < 86_400_000 else slice(5, 16)

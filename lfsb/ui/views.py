@@ -4,19 +4,19 @@ assets are a stylesheet and the inline SVG chart, both served by lfsb."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode
 
-import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
 from ..errors import Kind, LfsbError, bad_input
-from ..ltx import LTXError, format_timestamp, format_txid, parse_timestamp, parse_txid
+from ..ltx import LTXError, format_txid, parse_timestamp, parse_txid
 from ..names import validate_cluster, validate_database
 from ..store import audit, deletion, overview
 from ..store.access import Principal, Role, forbidden
@@ -27,6 +27,7 @@ from ..store.restore import open_export, resolve_point, restore_point
 from ..store.store import Store
 from . import chart
 from .sessions import Session, Sessions
+from .text import fmt_age, fmt_size, fmt_time, level_name
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ SESSION_COOKIE = "lfsb_session"
 LOGIN_COOKIE = "lfsb_login"
 """Holds the CSRF token of the login form until the login (there is no session yet)."""
 STORE = web.AppKey("ui_store", Store)
+TEMPLATES = web.AppKey("ui_templates", jinja2.Environment)
 SESSIONS = web.AppKey("ui_sessions", Sessions)
 SESSION = web.RequestKey("ui_session", Session)
 AUDIT_SHOWN = 50
@@ -79,38 +81,6 @@ UI_AUDITED = {
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-# -- formatting -------------------------------------------------------------------------------------
-def fmt_time(ms: int | None) -> str:
-    """UTC time to the millisecond."""
-    return "—" if ms is None else format_timestamp(ms).replace("T", " ")
-
-
-def fmt_age(ms: int | None, now: int) -> str:
-    """How long ago, roughly."""
-    if ms is None:
-        return "never"
-    seconds = max(now - ms, 0) // 1000
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{seconds}s ago"
-
-
-def fmt_size(n: int) -> str:
-    """Bytes in binary units."""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-def level_name(level: int) -> str:
-    """Where a level's files are: local L0, a compaction level, or the daily snapshot."""
-    return {0: "L0 (local)", 9: "snapshot (L9)"}.get(level, f"L{level}")
-
-
 # -- sessions and errors ----------------------------------------------------------------------------
 def route_key(request: web.Request) -> Route | None:
     """(method, canonical path) of the dashboard route a request matched; None for none."""
@@ -125,12 +95,13 @@ def see_other(url: str) -> web.Response:
     return web.Response(status=303, headers={"Location": url})
 
 
-def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
-    """A page, with the session (if any) and the current time in its context."""
+async def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
+    """A page, with the session (if any) and the current time in its context, rendered on a worker
+    thread (a page of 1,000 databases takes tens of milliseconds)."""
     context.update(session=request.get(SESSION), now=now_ms())
-    resp = aiohttp_jinja2.render_template(template, request, context, status=status)
-    resp.headers.update(SECURITY_HEADERS)
-    return resp
+    page = request.app[TEMPLATES].get_template(template)
+    text = await asyncio.to_thread(page.render, context)
+    return web.Response(text=text, status=status, content_type="text/html", headers=SECURITY_HEADERS)
 
 
 def _set_cookie(resp: web.StreamResponse, request: web.Request, name: str, value: str) -> None:
@@ -176,7 +147,7 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
                 )
         return await handler(request)
     except LfsbError as e:
-        return render(request, "error.html", status=e.status, error=e)
+        return await render(request, "error.html", status=e.status, error=e)
 
 
 async def _audit(request: web.Request, action: str, outcome: str, detail: str = "") -> None:
@@ -205,9 +176,11 @@ def _next_page(text: str | None) -> str:
     return UI_PREFIX + "/"
 
 
-def _login_page(request: web.Request, status: int = 200, error: str = "", note: str = "") -> web.Response:
+async def _login_page(
+    request: web.Request, status: int = 200, error: str = "", note: str = ""
+) -> web.Response:
     csrf = secrets.token_urlsafe(32)
-    resp = render(
+    resp = await render(
         request,
         "login.html",
         status=status,
@@ -223,7 +196,7 @@ def _login_page(request: web.Request, status: int = 200, error: str = "", note: 
 async def login_page(request: web.Request) -> web.StreamResponse:
     """``GET /ui/login``: the token form."""
     note = "Signed out." if "out" in request.query else ""
-    return _login_page(request, note=note)
+    return await _login_page(request, note=note)
 
 
 async def login(request: web.Request) -> web.StreamResponse:
@@ -233,18 +206,18 @@ async def login(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     sent, cookie = form.get("csrf"), request.cookies.get(LOGIN_COOKIE)
     if not (isinstance(sent, str) and cookie and secrets.compare_digest(sent.encode(), cookie.encode())):
-        return _login_page(request, 403, "The form expired: sign in again.")
+        return await _login_page(request, 403, "The form expired: sign in again.")
     if access.failures.limited(remote):
-        return _login_page(request, 429, "Too many failed sign-ins from this address: wait a minute.")
+        return await _login_page(request, 429, "Too many failed sign-ins from this address: wait a minute.")
     token = form.get("token")
     try:
         principal = access.authenticate(token if isinstance(token, str) else None)
     except LfsbError as e:
         access.failures.add(remote)
         log.warning("ui sign-in failed remote=%s", remote)
-        return _login_page(request, 401, f"Sign-in refused: {e.message}.")
+        return await _login_page(request, 401, f"Sign-in refused: {e.message}.")
     if principal.role < Role.READ:
-        return _login_page(request, 403, "A replica token can't sign in: use a read or admin token.")
+        return await _login_page(request, 403, "A replica token can't sign in: use a read or admin token.")
     sessions = request.app[SESSIONS]
     sessions.end(request.cookies.get(SESSION_COOKIE, ""))  # signing in again replaces the session
     session = sessions.start(principal)
@@ -292,7 +265,45 @@ def db_url(cluster: str, name: str, suffix: str = "") -> str:
 
 async def clusters_page(request: web.Request) -> web.StreamResponse:
     """``GET /ui/clusters``: every cluster (root token)."""
-    return render(request, "clusters.html", clusters=await overview.clusters(request.app[STORE]))
+    return await render(request, "clusters.html", clusters=await overview.clusters(request.app[STORE]))
+
+
+class DatabaseRow(NamedTuple):
+    """One line of a cluster's page, formatted ahead (cheaper than a template's calls, 1,000 times)."""
+
+    name: str
+    url: str
+    txid: str
+    size: str
+    lag: int
+    backup_age: str
+    backup_time: str
+    check: str
+    check_ok: bool | None
+
+
+def database_rows(
+    cluster: str, dbs: list[overview.DatabaseSummary], checks: dict[str, Any]
+) -> list[DatabaseRow]:
+    """The lines of the databases table; ``checks``: the last restore check of each database, by name."""
+    now = now_ms()
+    rows = []
+    for d in dbs:
+        check = checks.get(d.db.name)
+        rows.append(
+            DatabaseRow(
+                d.db.name,
+                db_url(cluster, d.db.name),
+                format_txid(d.db.txid),
+                fmt_size(d.size),
+                d.hwm_lag,
+                fmt_age(d.last_backup_at, now),
+                fmt_time(d.last_backup_at),
+                f"{fmt_age(check.checked_at, now)} at {format_txid(check.txid)}" if check else "",
+                check.ok if check else None,
+            )
+        )
+    return rows
 
 
 async def cluster_page(request: web.Request) -> web.StreamResponse:
@@ -302,12 +313,11 @@ async def cluster_page(request: web.Request) -> web.StreamResponse:
     cluster = request.match_info["cluster"]
     dbs = await overview.databases(store, cluster)
     deleted = await deletion.deleted_databases(store, cluster)
-    return render(
+    return await render(
         request,
         "cluster.html",
         cluster=cluster,
-        databases=dbs,
-        checks=await store.last_checks(cluster),
+        rows=await asyncio.to_thread(database_rows, cluster, dbs, await store.last_checks(cluster)),
         deleted=[(deletion.parse_deleted_name(d.name) or (d.name, 0))[0] for d in deleted],
         deleted_dbs=deleted,
         grace_ms=int(store.config.delete_grace * 1000),
@@ -345,32 +355,47 @@ async def database_page(request: web.Request) -> web.StreamResponse:
     """``GET /ui/c/{cluster}/db/{db}[?txid=]``: the timeline of restorable points (a point picked on it
     is shown with its actions), the restore checks and, for an admin, the audit entries."""
     store, db = await _database(request)
-    points = overview.timeline(await store.files(db), db.page_size)
-    gaps = overview.gaps(points)
-    picked = None
-    if "txid" in request.query:
-        txid, _ = _target(request.query)
-        picked = next((p for p in points if p.txid == txid), None)
-        if picked is None:
-            raise LfsbError(Kind.NOT_FOUND, "ENOTXID", f"TXID {format_txid(txid)} is not restorable")
+    picked_txid = _target(request.query)[0] if "txid" in request.query else None
+    timeline = await asyncio.to_thread(Timeline.of, await store.files(db), db.page_size, picked_txid)
     principal = request[SESSION].principal
     entries: list[AuditEntry] = []
     if principal.allows(db.cluster, Role.ADMIN):
         entries = await audit.entries(store.meta, db.cluster, 0, AUDIT_SHOWN, database=db.name)
-    return render(
+    return await render(
         request,
         "database.html",
         db=db,
-        points=points,
-        listed=points[-POINTS_LISTED:][::-1],
-        gaps=gaps,
-        chart=chart.build(points, gaps),
-        picked=picked,
+        t=timeline,
         checks=await store.checks(db, CHECKS_SHOWN),
         entries=entries[::-1],
         admin=principal.allows(db.cluster, Role.ADMIN),
         done=request.query.get("done", ""),
     )
+
+
+class Timeline(NamedTuple):
+    """A database's restorable points as its page shows them: chart, newest points, gaps, the one picked."""
+
+    count: int
+    chart: chart.Chart | None
+    listed: list[overview.TimelinePoint]
+    gaps: list[tuple[overview.TimelinePoint, overview.TimelinePoint]]
+    picked: overview.TimelinePoint | None
+
+    @classmethod
+    def of(cls, files: list[Any], page_size: int, picked_txid: int | None) -> Timeline:
+        """From the database's files (CPU work: run on a worker thread); ENOTXID if the picked TXID is
+        not a restorable point."""
+        points = overview.timeline(files, page_size)
+        gaps = overview.gaps(points)
+        picked = None
+        if picked_txid is not None:
+            picked = next((p for p in points if p.txid == picked_txid), None)
+            if picked is None:
+                raise LfsbError(
+                    Kind.NOT_FOUND, "ENOTXID", f"TXID {format_txid(picked_txid)} is not restorable"
+                )
+        return cls(len(points), chart.build(points, gaps), points[-POINTS_LISTED:][::-1], gaps, picked)
 
 
 async def export(request: web.Request) -> web.StreamResponse:
@@ -401,7 +426,7 @@ async def restore_confirm(request: web.Request) -> web.StreamResponse:
     if not txid and ts is None:
         raise bad_input("pick a point: a TXID or a timestamp")
     point = await resolve_point(store, db, txid, ts)
-    return render(request, "restore.html", db=db, point=point, asked_ts=ts, error="")
+    return await render(request, "restore.html", db=db, point=point, asked_ts=ts, error="")
 
 
 async def restore_post(request: web.Request) -> web.StreamResponse:
@@ -414,7 +439,9 @@ async def restore_post(request: web.Request) -> web.StreamResponse:
     if form.get("confirm") != db.name:
         point = await resolve_point(store, db, txid, None)
         error = "Type the database's name exactly to confirm: nothing was restored."
-        return render(request, "restore.html", status=400, db=db, point=point, asked_ts=None, error=error)
+        return await render(
+            request, "restore.html", status=400, db=db, point=point, asked_ts=None, error=error
+        )
     try:
         point, new_txid = await restore_point(store, db.cluster, db.name, txid, None)
     except LfsbError as e:
@@ -439,7 +466,7 @@ async def _deleted_copy(request: web.Request) -> tuple[str, Database]:
 async def undelete_confirm(request: web.Request) -> web.StreamResponse:
     """``GET /ui/c/{cluster}/deleted/{db}/undelete``: what undelete does, and the form."""
     name, db = await _deleted_copy(request)
-    return render(request, "undelete.html", name=name, db=db, cluster=db.cluster, error="")
+    return await render(request, "undelete.html", name=name, db=db, cluster=db.cluster, error="")
 
 
 async def undelete_post(request: web.Request) -> web.StreamResponse:
@@ -449,7 +476,9 @@ async def undelete_post(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     if form.get("confirm") != name:
         error = "Type the database's name exactly to confirm: nothing was brought back."
-        return render(request, "undelete.html", status=400, name=name, db=db, cluster=db.cluster, error=error)
+        return await render(
+            request, "undelete.html", status=400, name=name, db=db, cluster=db.cluster, error=error
+        )
     try:
         back = await deletion.undelete(store, db.cluster, name)
     except LfsbError as e:
@@ -465,12 +494,10 @@ def create_ui_app(store: Store) -> web.Application:
     app = web.Application(middlewares=[session_middleware])
     app[STORE] = store
     app[SESSIONS] = Sessions(store.access)
-    env = aiohttp_jinja2.setup(
-        app,
-        loader=jinja2.PackageLoader("lfsb.ui", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("lfsb.ui", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
     )
+    app[TEMPLATES] = env
     env.globals.update(
         fmt_time=fmt_time,
         fmt_age=fmt_age,
