@@ -31,6 +31,13 @@ class Session:
     csrf: str
     started: float = field(default_factory=time.monotonic)
     seen: float = field(default_factory=time.monotonic)
+    flash: str = ""
+    """What the last action did, shown once on the next page."""
+
+    def pop_flash(self) -> str:
+        """The message of the last action, once."""
+        text, self.flash = self.flash, ""
+        return text
 
     def csrf_ok(self, sent: str | None) -> bool:
         """Whether a form sent this session's CSRF token."""

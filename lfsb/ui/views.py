@@ -22,7 +22,7 @@ from ..store import audit, deletion, overview
 from ..store.access import Principal, Role, forbidden
 from ..store.audit import AuditEntry
 from ..store.db import now_ms
-from ..store.records import Database
+from ..store.records import Database, LTXFile
 from ..store.restore import open_export, resolve_point, restore_point
 from ..store.store import Store
 from . import chart
@@ -369,7 +369,7 @@ async def database_page(request: web.Request) -> web.StreamResponse:
         checks=await store.checks(db, CHECKS_SHOWN),
         entries=entries[::-1],
         admin=principal.allows(db.cluster, Role.ADMIN),
-        done=request.query.get("done", ""),
+        done=request[SESSION].pop_flash(),
     )
 
 
@@ -383,7 +383,7 @@ class Timeline(NamedTuple):
     picked: overview.TimelinePoint | None
 
     @classmethod
-    def of(cls, files: list[Any], page_size: int, picked_txid: int | None) -> Timeline:
+    def of(cls, files: list[LTXFile], page_size: int, picked_txid: int | None) -> Timeline:
         """From the database's files (CPU work: run on a worker thread); ENOTXID if the picked TXID is
         not a restorable point."""
         points = overview.timeline(files, page_size)
@@ -448,10 +448,10 @@ async def restore_post(request: web.Request) -> web.StreamResponse:
         await _audit(request, "restore", e.code, f"target={format_txid(txid)}")
         raise
     await _audit(request, "restore", "ok", f"target={format_txid(point.txid)} txid={format_txid(new_txid)}")
-    query = urlencode(
-        {"done": f"Restored the state of TXID {format_txid(point.txid)} as TXID {format_txid(new_txid)}."}
-    )
-    return see_other(db_url(db.cluster, db.name) + "?" + query)
+    request[
+        SESSION
+    ].flash = f"Restored the state of TXID {format_txid(point.txid)} as TXID {format_txid(new_txid)}."
+    return see_other(db_url(db.cluster, db.name))
 
 
 async def _deleted_copy(request: web.Request) -> tuple[str, Database]:
@@ -485,8 +485,8 @@ async def undelete_post(request: web.Request) -> web.StreamResponse:
         await _audit(request, "undelete", e.code)
         raise
     await _audit(request, "undelete", "ok", f"txid={format_txid(back.txid)}")
-    query = urlencode({"done": f"Brought back {name} at TXID {format_txid(back.txid)}."})
-    return see_other(db_url(db.cluster, name) + "?" + query)
+    request[SESSION].flash = f"Brought back {name} at TXID {format_txid(back.txid)}."
+    return see_other(db_url(db.cluster, name))
 
 
 def create_ui_app(store: Store) -> web.Application:
