@@ -20,10 +20,11 @@ from yarl import URL
 from lfsb.ltx import format_timestamp, format_txid
 from lfsb.server.main import Server
 from lfsb.server.roles import PUBLIC_ROUTES, ROUTE_ROLES
+from lfsb.store import overview
 from lfsb.store.access import Role
 from lfsb.store.db import now_ms
-from lfsb.store.records import CheckRecord
-from lfsb.ui import UI_PREFIX, UI_ROUTES, create_ui_app
+from lfsb.store.records import CheckRecord, LTXFile
+from lfsb.ui import UI_PREFIX, UI_ROUTES, chart, create_ui_app
 from tests.lfsb_server import Client, History, check_sqlite
 from tests.litefs import LiteFSEmulator
 
@@ -368,3 +369,39 @@ async def test_browser_read_token_and_undelete(site: Site, page: Any, tmp_path: 
     await page.set_viewport_size({"width": 390, "height": 844})  # a phone
     await shot(page, tmp_path, "database-phone")
     assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+
+
+# -- the timeline ------------------------------------------------------------------------------------
+def ltx(level: int, lo: int, hi: int, ts: int, commit: int = 2) -> LTXFile:
+    return LTXFile(level, lo, hi, commit, ts, 0, 0, 100, ts)
+
+
+def test_timeline_levels_and_gaps() -> None:
+    """Each point names the level of the file that ends its plan; TXIDs no plan reaches make a gap."""
+    files = [
+        ltx(1, 1, 3, 1000),
+        ltx(0, 4, 4, 2000, commit=3),
+        ltx(9, 1, 6, 3000, commit=5),
+        ltx(0, 8, 8, 4000),
+    ]
+    points = overview.timeline(files, 4096)
+    assert [(p.txid, p.level, p.size) for p in points] == [(3, 1, 8192), (4, 0, 12288), (6, 9, 20480)]
+    files.append(ltx(0, 7, 7, 3500))
+    points = overview.timeline(files, 4096)
+    assert [p.txid for p in points] == [3, 4, 6, 7, 8]
+    assert [(a.txid, b.txid) for a, b in overview.gaps(points)] == [(4, 6)]
+    built = chart.build(points, overview.gaps(points))
+    assert built is not None and len(built.marks) == 5 and len(built.gaps) == 1
+    assert [m.x for m in built.marks] == sorted(m.x for m in built.marks)  # time runs left to right
+    assert [m.y for m in built.marks] == sorted((m.y for m in built.marks), reverse=True)  # TXIDs go up
+
+
+def test_long_timelines_are_thinned_keeping_gap_ends() -> None:
+    """A history longer than the chart draws is thinned evenly; its first, last and gap-end points stay."""
+    points = [overview.TimelinePoint(t, t * 10, 4096, 0) for t in range(1, 5001) if t != 2501]
+    gaps = overview.gaps(points)
+    built = chart.build(points, gaps)
+    assert built is not None and len(built.marks) <= chart.MAX_MARKS + 3
+    drawn = {m.txid for m in built.marks}
+    assert {format_txid(t) for t in (1, 2500, 2502, 5000)} <= drawn
+    assert chart.build([], []) is None
