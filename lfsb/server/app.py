@@ -16,7 +16,7 @@ import sentry_sdk
 from aiohttp import hdrs, web
 
 from ..errors import Kind, LfsbError, bad_input, busy, internal
-from ..ltx import LTXError, decode_database, format_timestamp, format_txid, parse_timestamp, parse_txid
+from ..ltx import LTXError, format_timestamp, format_txid, parse_timestamp, parse_txid
 from ..names import validate_cluster, validate_cluster_id, validate_database
 from ..observability import CONTENT_TYPE, report_exception, timed
 from ..storage import StorageError
@@ -25,12 +25,13 @@ from ..store.access import Principal, Role, forbidden
 from ..store.audit import AuditEntry
 from ..store.db import now_ms
 from ..store.levels import parse_duration
-from ..store.plan import Point, point_at, point_before, restorable_points
+from ..store.plan import restorable_points
 from ..store.records import Database
 from ..store.recovery import Readiness
-from ..store.restore import import_database, restore
+from ..store.restore import import_database, open_export, resolve_point, restore_point
 from ..store.store import Store
 from ..store.verify import Verifier, cluster_status
+from ..ui import UI_PREFIX, UI_ROUTES, create_ui_app
 from .roles import ALL_CLUSTER_ROUTES, AUDITED, POINT_IN_TIME_ROLE, PUBLIC_ROUTES, ROUTE_ROLES, Route
 
 log = logging.getLogger(__name__)
@@ -256,7 +257,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     429 after repeated failures from one address), hold a cluster to its pinned LiteFS cluster ID, and
     write admin actions to the audit log."""
     route = route_of(request)
-    if route is None or route in PUBLIC_ROUTES:
+    if route is None or route in PUBLIC_ROUTES or route in UI_ROUTES:  # the dashboard checks its sessions
         return await handler(request)
     request.app[READINESS_KEY].check_started()  # tokens are not loaded before
     store = request.app[STORE_KEY]
@@ -361,14 +362,6 @@ def parse_target(request: web.Request, required: bool) -> tuple[int, int | None]
     if required and not txid_text and ts is None:
         raise bad_input("'txid' or 'timestamp' required")
     return txid, ts
-
-
-async def resolve_point(store: Store, db: Database, txid: int, ts: int | None) -> Point:
-    """The restorable point a txid (0: the current state) or timestamp names (ENOTXID / ENOTIMESTAMP)."""
-    files = await store.files(db)
-    if ts is not None:
-        return point_before(files, ts)
-    return point_at(files, txid or db.txid)
 
 
 def go_time(ms: int) -> str:
@@ -518,33 +511,8 @@ async def get_snapshot(request: web.Request) -> web.StreamResponse:
         raise LfsbError(Kind.VALIDATION, "EBADFORMAT", "unsupported snapshot format")
     txid, ts = parse_target(request, required=False)
     target = db.txid if not txid and ts is None else (await resolve_point(store, db, txid, ts)).txid
-    # About the database's size (its current one; a past point's may differ, the reserve is the slack):
-    # for sqlite, a snapshot, then the database decoded from it.
-    size = db.commit * db.page_size
-    async with store.export_slot(2 * size if fmt == "sqlite" else size):
-        if target == db.txid and fmt != "sqlite":
-            return await stream_file(request, await store.current_snapshot(db))  # built once per TXID
-        snapshot = store.temp_path("snapshot")
-        raw = store.temp_path("export")
-        try:
-            if target == db.txid:
-                source = await store.current_snapshot(db)
-            else:
-                await store.build_snapshot(db, target, snapshot, compress=fmt != "sqlite")
-                source = await asyncio.to_thread(open, snapshot, "rb")
-            if fmt == "sqlite":
-
-                def _decode() -> None:
-                    with source, open(raw, "wb") as out:
-                        decode_database(source, out)
-
-                await asyncio.to_thread(_decode)
-                snapshot.unlink(missing_ok=True)  # its space is free while the export streams
-                return await stream_file(request, await asyncio.to_thread(open, raw, "rb"))
-            return await stream_file(request, source)
-        finally:
-            snapshot.unlink(missing_ok=True)
-            raw.unlink(missing_ok=True)
+    async with open_export(store, db, target, sqlite=fmt == "sqlite") as f:
+        return await stream_file(request, f)
 
 
 async def post_restore(request: web.Request) -> web.Response:
@@ -552,10 +520,7 @@ async def post_restore(request: web.Request) -> web.Response:
     store = request.app[STORE_KEY]
     cluster, name = request[CLUSTER_KEY], db_name(request)
     txid, ts = parse_target(request, required=True)
-    async with store.locks(cluster, name).work:
-        db = await store.database(cluster, name)
-        point = await resolve_point(store, db, txid, ts)
-        new_txid = await restore(store, db, point.txid)
+    _, new_txid = await restore_point(store, cluster, name, txid, ts)
     return json_response({"txID": format_txid(new_txid)})
 
 
@@ -818,4 +783,5 @@ def create_app(
     app.router.add_get("/healthz", healthz, allow_head=False)
     if serve_metrics:
         app.router.add_get("/metrics", metrics, allow_head=False)
+    app.add_subapp(UI_PREFIX, create_ui_app(store))
     return app

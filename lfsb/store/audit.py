@@ -59,10 +59,16 @@ async def record(meta: MetaDB, entry: AuditEntry) -> None:
     await meta.write(insert_entry, entry)
 
 
-async def entries(meta: MetaDB, cluster: str | None, since: int, limit: int) -> list[AuditEntry]:
-    """The newest ``limit`` entries at or after ``since`` of ``cluster`` (None: all), oldest first."""
+async def entries(
+    meta: MetaDB, cluster: str | None, since: int, limit: int, database: str | None = None
+) -> list[AuditEntry]:
+    """The newest ``limit`` entries at or after ``since`` of ``cluster`` (None: all), oldest first; only
+    those of ``database`` if given."""
     query = f"SELECT {AUDIT_COLUMNS} FROM audit WHERE time >= ?" + (" AND cluster = ?" if cluster else "")
     params: tuple[Any, ...] = (since, cluster) if cluster else (since,)
+    if database is not None:
+        query += " AND database = ?"
+        params += (database,)
     rows = await meta.read(
         lambda c: c.execute(f"{query} ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
     )

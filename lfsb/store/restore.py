@@ -8,10 +8,11 @@ files; LiteFS then sees the backup ahead of it and pulls the snapshot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO
@@ -28,6 +29,7 @@ from ..ltx import (
     LTXError,
     Pos,
     SQLiteHeader,
+    decode_database,
     encode_database,
     frame_checksum,
     lock_pgno,
@@ -35,7 +37,7 @@ from ..ltx import (
 )
 from .db import from_sql, now_ms
 from .ingest import find_database
-from .plan import tx_not_available
+from .plan import Point, point_at, point_before, tx_not_available
 from .records import Database
 from .store import Store
 
@@ -198,6 +200,61 @@ async def restore(store: Store, db: Database, txid: int) -> int:
         restored.txid,
     )
     return restored.txid
+
+
+async def resolve_point(store: Store, db: Database, txid: int, ts: int | None) -> Point:
+    """The restorable point a txid (0: the current state) or timestamp names (ENOTXID / ENOTIMESTAMP)."""
+    files = await store.files(db)
+    if ts is not None:
+        return point_before(files, ts)
+    return point_at(files, txid or db.txid)
+
+
+async def restore_point(
+    store: Store, cluster: str, name: str, txid: int, ts: int | None
+) -> tuple[Point, int]:
+    """Restore a database to the point a txid or timestamp names: (that point, the new TXID)."""
+    async with store.locks(cluster, name).work:
+        db = await store.database(cluster, name)
+        point = await resolve_point(store, db, txid, ts)
+        return point, await restore(store, db, point.txid)
+
+
+@contextlib.asynccontextmanager
+async def open_export(store: Store, db: Database, target: int, sqlite: bool) -> AsyncIterator[BinaryIO]:
+    """An open handle on ``db`` at TXID ``target``: an LTX snapshot, or with ``sqlite`` the SQLite file.
+
+    Admitted by :meth:`Store.export_slot`; the temp files are removed when the context ends."""
+    # About the database's size (its current one; a past point's may differ, the reserve is the slack):
+    # for sqlite, a snapshot, then the database decoded from it.
+    size = db.commit * db.page_size
+    async with store.export_slot(2 * size if sqlite else size):
+        if target == db.txid and not sqlite:
+            with await store.current_snapshot(db) as f:  # built once per TXID
+                yield f
+            return
+        snapshot = store.temp_path("snapshot")
+        raw = store.temp_path("export")
+        try:
+            if target == db.txid:
+                source = await store.current_snapshot(db)
+            else:
+                await store.build_snapshot(db, target, snapshot, compress=not sqlite)
+                source = await asyncio.to_thread(open, snapshot, "rb")
+            if sqlite:
+
+                def _decode() -> None:
+                    with source, open(raw, "wb") as out:
+                        decode_database(source, out)
+
+                await asyncio.to_thread(_decode)
+                snapshot.unlink(missing_ok=True)  # its space is free while the export streams
+                source = await asyncio.to_thread(open, raw, "rb")
+            with source:
+                yield source
+        finally:
+            snapshot.unlink(missing_ok=True)
+            raw.unlink(missing_ok=True)
 
 
 def check_sqlite_file(path: Path) -> SQLiteHeader:
