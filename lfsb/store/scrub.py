@@ -124,7 +124,8 @@ class Scrubber:
 
         rows, total, verified = await self.store.meta.read(_read)
         self.store.metrics.scrub_progress.set(verified / total if total else 1.0)
-        return [(Database.from_row(r[:9]), remote_from_row(r[9:])) for r in rows]
+        n = len(DATABASE_COLUMNS.split(","))
+        return [(Database.from_row(r[:n]), remote_from_row(r[n:])) for r in rows]
 
     async def run_once(self) -> int:
         """Verify the next batch of objects due (rate-limited); how many were verified."""
