@@ -205,6 +205,7 @@ async def write_workload(data: Path, scratch: Path, p: Params) -> Workload:
         target_sha = ""
         for batch in range(p.batches):
             for _ in range(p.txns):
+                incoming.unlink()  # write_tx linked it into L0: the next transaction needs a file of its own
                 history.transaction(incoming, p.pages)
                 await server.store.write_tx(CLUSTER, DB, incoming)
                 if history.txid == target:
