@@ -295,7 +295,7 @@ async def test_a_write_slipping_in_makes_the_restore_try_again(
         write_tx = server.store.write_tx
         appends: list[int] = []
 
-        async def slipping_in(cluster: str, name: str, body: object) -> object:
+        async def slipping_in(cluster: str, name: str, body: object, trusted: bool = False) -> object:
             if not isinstance(body, Path):  # LiteFS's own POST (small bodies stay in memory)
                 return await write_tx(cluster, name, body)
             appends.append(node.txid)
@@ -303,7 +303,7 @@ async def test_a_write_slipping_in_makes_the_restore_try_again(
                 node.execute("INSERT INTO t (v) VALUES ('slipped in')")
                 await node.sync()
                 slipped.append(h.record())
-            return await write_tx(cluster, name, body)
+            return await write_tx(cluster, name, body, trusted)
 
         slipped: list = []
         monkeypatch.setattr(server.store, "write_tx", slipping_in)

@@ -52,16 +52,18 @@ class Incoming:
     size: int
 
 
-def inspect(f: BinaryIO, size: int) -> Incoming:
+def inspect(f: BinaryIO, size: int, trusted: bool = False) -> Incoming:
     """Decode and verify the LTX file of ``size`` bytes that ``f`` reads.
 
     Stricter than the reference decoder where LiteFS never goes: page numbers must increase and
     stay within the commit, the lock page must be absent and a snapshot must hold every page.
+    ``trusted`` (a file the store wrote itself: a restore's or an import's) skips the LZ4 token walk
+    (see :class:`~lfsb.ltx.lz4frame.FrameReader`); every checksum is still verified.
     """
     pgnos: array = array("I")
     checksums: list[int] = []
     try:
-        dec = Decoder(f)
+        dec = Decoder(f, trusted=trusted)
         header = dec.read_header()
         if header.max_txid > MAX_TXID:
             raise bad_ltx(f"transaction id out of range: {header.max_txid}")
@@ -91,10 +93,10 @@ def inspect(f: BinaryIO, size: int) -> Incoming:
     return Incoming(header, trailer, pgnos, checksums, size)
 
 
-def inspect_file(path: Path) -> Incoming:
+def inspect_file(path: Path, trusted: bool = False) -> Incoming:
     """:func:`inspect` of the file at ``path`` (blocking; run it on a worker thread)."""
     with open(path, "rb") as f:
-        return inspect(f, os.fstat(f.fileno()).st_size)
+        return inspect(f, os.fstat(f.fileno()).st_size, trusted)
 
 
 def find_database(conn: sqlite3.Connection, cluster: str, name: str) -> Database | None:

@@ -352,15 +352,16 @@ class Store:
         return {row[0]: check_from_row(row[1:]) for row in rows}
 
     # -- ingestion ------------------------------------------------------------------------------
-    async def write_tx(self, cluster: str, name: str, body: bytes | Path) -> Database:
+    async def write_tx(self, cluster: str, name: str, body: bytes | Path, trusted: bool = False) -> Database:
         """Verify an LTX file and append it to the database.
 
         ``body`` is the file's bytes (small ones are verified by the metadata writer) or the path of an
-        fsynced file in the data directory, which is linked into L0.
+        fsynced file in the data directory, which is linked into L0; ``trusted`` for a file the store
+        wrote itself (see :func:`inspect`).
         """
         inc: Incoming | None = None
         if isinstance(body, Path):
-            inc = await asyncio.to_thread(inspect_file, body)
+            inc = await asyncio.to_thread(inspect_file, body, trusted)
             size = inc.size
         else:
             size = len(body)
