@@ -76,14 +76,15 @@ class SnapshotCache:
         """Held while one database's entry is looked up or built (one build per TXID)."""
         return self._locks[db_id]
 
-    def open(self, db_id: int, txid: int) -> BinaryIO | None:
-        """An open handle on the entry of ``db_id`` at ``txid``, if that is the one kept (worker thread)."""
+    def open(self, db_id: int, txid: int | None = None) -> tuple[int, BinaryIO] | None:
+        """The TXID of the entry of ``db_id`` and an open handle on it, if there is one (at ``txid``, when
+        given) (worker thread)."""
         with self._mutex:
             entry = self._entries.get(db_id)
-            if entry is None or entry[0] != txid:
+            if entry is None or (txid is not None and entry[0] != txid):
                 return None
             self._entries.move_to_end(db_id)
-            return open(entry[1], "rb")
+            return entry[0], open(entry[1], "rb")
 
     def put(self, db_id: int, txid: int, built: Path) -> BinaryIO:
         """Keep the snapshot file ``built`` as the entry of ``db_id`` and open it (worker thread). The
@@ -470,14 +471,38 @@ class Store:
         TXID and kept in :class:`SnapshotCache`; the caller closes it."""
         cache = self.snapshots
         async with cache.lock(db.id):
-            if (f := await asyncio.to_thread(cache.open, db.id, db.txid)) is not None:
-                return f
+            kept = await asyncio.to_thread(cache.open, db.id)
+            if kept is not None and kept[0] == db.txid:
+                return kept[1]
             built = self.temp_path("snapshot")
             try:
-                await self.build_snapshot(db, db.txid, built)
+                if kept is None or not await self._build_from_kept(db, kept, built):
+                    await self.build_snapshot(db, db.txid, built)
                 return await asyncio.to_thread(cache.put, db.id, db.txid, built)
             finally:
                 built.unlink(missing_ok=True)
+
+    async def _build_from_kept(self, db: Database, kept: tuple[int, BinaryIO], dest: Path) -> bool:
+        """Write the snapshot of ``db`` at its TXID to ``dest`` from the kept snapshot at an earlier TXID
+        and the L0 files since (the fewest reads); False when those files do not follow on from it (the
+        caller plans from storage instead). Closes the kept handle."""
+        since, f = kept
+        with f:
+            run = sorted((x for x in await self.files(db) if x.level == L0 and x.min_txid > since),
+                         key=lambda x: x.min_txid)  # fmt: skip
+            follows = since + 1
+            for x in run:
+                if x.min_txid != follows:
+                    return False
+                follows = x.max_txid + 1
+            if not run or follows != db.txid + 1:
+                return False
+            try:
+                async with self.open_files(db, run) as handles:
+                    await asyncio.to_thread(compact_files, [f, *handles], dest, True, self.tmp_dir)
+            except FileNotFoundError:  # an L0 file removed by retention meanwhile
+                return False
+        return True
 
     async def record_upload(self, db: Database, f: LTXFile, raise_hwm: bool) -> bool:
         """Add an uploaded file to the index (and raise the HWM); False if the database is gone."""
