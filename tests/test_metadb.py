@@ -15,7 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,15 +61,23 @@ async def rows(meta: MetaDB) -> list[int]:
     return await meta.read(lambda c: [v for (v,) in c.execute("SELECT v FROM t ORDER BY v")])
 
 
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until ``condition()`` holds (checked every millisecond; TimeoutError after ``timeout``)."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
 async def grouped(meta: MetaDB, writes: list[Awaitable[Any]]) -> list[Any]:
     """Run ``writes`` (``meta.write(...)`` calls, not started yet) as one group."""
     blocker = sqlite3.connect(meta.path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
+    received, taken = meta.write_counts()
     try:
         first = asyncio.ensure_future(meta.write(count))
-        await asyncio.sleep(0.1)  # the writer has taken it and waits for the lock
+        await until(lambda: meta.write_counts()[1] == taken + 1)  # taken: it waits for the lock
         tasks = [asyncio.ensure_future(w) for w in writes]
-        await asyncio.sleep(0.1)  # all queued in the writer
+        await until(lambda: meta.write_counts()[0] == received + 1 + len(writes))  # all queued
     finally:
         blocker.execute("COMMIT")
         blocker.close()
@@ -116,9 +124,10 @@ async def test_a_failed_commit_fails_the_whole_group(meta: MetaDB) -> None:
 async def test_a_cancelled_caller_does_not_disturb_the_group(meta: MetaDB) -> None:
     blocker = sqlite3.connect(meta.path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
+    received, _ = meta.write_counts()
     cancelled = asyncio.ensure_future(meta.write(insert, 1))
     kept = asyncio.ensure_future(meta.write(insert, 2))
-    await asyncio.sleep(0.1)
+    await until(lambda: meta.write_counts()[0] == received + 2)  # both sent and received
     cancelled.cancel()
     blocker.execute("COMMIT")
     blocker.close()

@@ -198,8 +198,11 @@ def _run_batch(
                 w.ok, w.value = False, failure
 
 
-def _serve_writes(pipe: Connection, path: Path, sync_files: Callable[[list[Path]], None] | None) -> None:
-    """The writer process: run the writes that arrive, group by group, until the pipe says no more."""
+def _serve_writes(
+    pipe: Connection, path: Path, sync_files: Callable[[list[Path]], None] | None, counts: Any
+) -> None:
+    """The writer process: run the writes that arrive, group by group, until the pipe says no more.
+    ``counts`` (two shared integers) counts the writes received, and those taken into a group."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server shuts down gracefully, then closes the pipe
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     conn = _connect(path, WriteConnection)
@@ -213,6 +216,7 @@ def _serve_writes(pipe: Connection, path: Path, sync_files: Callable[[list[Path]
         while message := _recv(pipe):
             with more:
                 arrived.append(message)
+                counts[0] += 1
                 more.notify()
         with more:
             open_ = False
@@ -227,6 +231,7 @@ def _serve_writes(pipe: Connection, path: Path, sync_files: Callable[[list[Path]
                 break
             messages = arrived[:]
             arrived.clear()
+            counts[1] += len(messages)
         batch = [_decode_write(m) for m in messages]
         _run_batch(conn, batch, sync_files)
         pipe.send_bytes(_encode_results(batch))
@@ -298,6 +303,7 @@ class MetaDB:
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[asyncio.Future[Any], asyncio.AbstractEventLoop]] = {}
         self._closing = False
+        self._counts: Any = None
 
     async def open(self) -> None:
         """Apply pending migrations and start the writer process."""
@@ -307,8 +313,11 @@ class MetaDB:
         def _start() -> None:
             ctx = process_context()
             ours, theirs = ctx.Pipe()
+            self._counts = ctx.Array("q", 2, lock=False)
             process = ctx.Process(
-                target=_serve_writes, args=(theirs, self.path, self._sync_files), name="lfsb-db-writer"
+                target=_serve_writes,
+                args=(theirs, self.path, self._sync_files, self._counts),
+                name="lfsb-db-writer",
             )
             process.start()
             theirs.close()
@@ -332,6 +341,11 @@ class MetaDB:
         if not self._closing:  # the writer died: so does this process, as in a crash
             log.critical("metadata writer process died, killing the server path=%s", self.path)
             os.kill(os.getpid(), signal.SIGKILL)
+
+    def write_counts(self) -> tuple[int, int]:
+        """How many writes the writer process has received, and taken into a group, so far (those
+        between the two will form its next group)."""
+        return (self._counts[0], self._counts[1]) if self._counts is not None else (0, 0)
 
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
