@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..notify import Notifier
+from .background import Background
 from .db import now_ms
 from .store import Store
 
@@ -39,11 +40,14 @@ class Health:
         return not self.problems
 
 
-class Monitor:
+class Monitor(Background):
     """Evaluates :class:`Health` periodically; drives the storage and compaction incidents and the
     heartbeat."""
 
+    task_name = "health"
+
     def __init__(self, store: Store, notifier: Notifier) -> None:
+        super().__init__()
         config = store.config
         self.store = store
         self.notifier = notifier
@@ -58,20 +62,8 @@ class Monitor:
         self.evaluations = 0
         self.last = Health()
         self._last_ping = 0.0
-        self._task: asyncio.Task | None = None
 
-    def start(self) -> None:
-        """Start looking."""
-        self._task = asyncio.create_task(self._run(), name="health")
-
-    async def stop(self) -> None:
-        """Stop looking."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
+    async def run(self) -> None:
         while True:
             await asyncio.sleep(self.tick)  # the server checked storage as it started
             try:

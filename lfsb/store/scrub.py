@@ -22,6 +22,7 @@ from ..ltx import LTXError, format_filename, verify
 from ..notify import Incidents
 from ..observability import report_exception
 from ..storage import FileMetadata, NotFound
+from .background import Background
 from .db import now_ms
 from .plan import cover
 from .records import DATABASE_COLUMNS, REMOTE_COLUMNS, Database, LTXFile, remote_from_row
@@ -66,31 +67,26 @@ def check_object(path: Path, f: LTXFile, meta: FileMetadata, page_size: int) -> 
     return ""
 
 
-class Scrubber:
+class Scrubber(Background):
     """Reads every object back, bounded in rate, marks and repairs the bad ones."""
 
+    task_name = "scrub"
+
     def __init__(self, store: Store, incidents: Incidents | None = None) -> None:
+        super().__init__()
         self.store = store
         self.incidents = incidents
         self.interval = store.config.scrub_interval
         self.rate = store.config.scrub_rate
-        self._task: asyncio.Task | None = None
         self.passes = 0
         """Times the scrub found nothing left to verify (tests wait on it)."""
 
     def start(self) -> None:
         """Start scrubbing."""
         log.info("scrubbing storage interval=%ss rate=%d", self.interval, self.rate)
-        self._task = asyncio.create_task(self._run(), name="scrub")
+        super().start()
 
-    async def stop(self) -> None:
-        """Stop scrubbing."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
+    async def run(self) -> None:
         while True:
             try:
                 done = await self.run_once()

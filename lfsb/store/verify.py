@@ -33,6 +33,7 @@ from ..notify import Incidents
 from ..observability import report_exception
 from ..storage import NotFound
 from ..storage.local import WriteBehind, remove_gradually
+from .background import Background
 from .db import now_ms, process_context
 from .plan import point_at, point_before, reachable, snapshot_plan
 from .records import L0, CheckRecord, Database, LTXFile
@@ -140,17 +141,19 @@ def next_slot(after: float, phase: float, interval: float) -> float:
     return (math.floor((after - phase) / interval) + 1) * interval + phase
 
 
-class Verifier:
+class Verifier(Background):
     """Runs restore checks: scheduled ones for every database, and asked-for ones."""
 
+    task_name = "restore-checks"
+
     def __init__(self, store: Store, incidents: Incidents | None = None) -> None:
+        super().__init__()
         self.store = store
         self.incidents = incidents
         self.interval = store.config.verify_interval
         store.metrics.restore_check_interval.set(self.interval)
         self._slots = asyncio.Semaphore(store.config.verify_concurrency)
         self._pool: ProcessPoolExecutor | None = None
-        self._task: asyncio.Task | None = None
         self._started = time.time()
         self.scheduled_runs = 0
         """Scheduled passes completed (tests wait on it)."""
@@ -158,14 +161,11 @@ class Verifier:
     def start(self) -> None:
         """Start scheduling checks."""
         log.info("monitoring restore checks interval=%ss", self.interval)
-        self._task = asyncio.create_task(self._monitor(), name="restore-checks")
+        super().start()
 
     async def stop(self) -> None:
         """Stop scheduling and drop the check process (a check under way is abandoned, not recorded)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await super().stop()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
@@ -178,7 +178,7 @@ class Verifier:
         return self._pool
 
     # -- scheduling ---------------------------------------------------------------------------------
-    async def _monitor(self) -> None:
+    async def run(self) -> None:
         while True:
             due, wait = await self.due(time.time())
             tasks = [asyncio.create_task(self._scheduled(cluster, name)) for cluster, name in due]
