@@ -31,7 +31,7 @@ from ..store.recovery import Readiness
 from ..store.restore import import_database, open_export, resolve_point, restore_point
 from ..store.store import Store
 from ..store.verify import Verifier, cluster_status
-from ..ui import UI_PREFIX, UI_ROUTES, create_ui_app
+from ..ui import UI_PREFIX, UI_ROUTES, create_ui_app, route_key
 from .roles import ALL_CLUSTER_ROUTES, AUDITED, POINT_IN_TIME_ROLE, PUBLIC_ROUTES, ROUTE_ROLES, Route
 
 log = logging.getLogger(__name__)
@@ -216,15 +216,6 @@ def _client_gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
-def route_of(request: web.Request) -> Route | None:
-    """(method, path) of the route a request matched (``DELETE /db/`` is ``DELETE /db``); None when it
-    matched none (a 404 or 405 follows, which tells nothing about clusters)."""
-    if request.match_info.http_exception is not None:
-        return None
-    path = request.match_info.route.resource.canonical  # type: ignore[union-attr]
-    return request.method, path.rstrip("/") or "/"
-
-
 def request_cluster(request: web.Request, principal: Principal, route: Route) -> str | None:
     """The cluster a request acts on: the token's, or for the root token the ``cluster`` query parameter
     (None on the routes that may cover every cluster). A ``cluster`` parameter naming another cluster
@@ -256,7 +247,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """Map ``Authorization`` to a principal, refuse what its role or cluster does not allow (401, 403,
     429 after repeated failures from one address), hold a cluster to its pinned LiteFS cluster ID, and
     write admin actions to the audit log."""
-    route = route_of(request)
+    route = route_key(request)
     if route is None or route in PUBLIC_ROUTES or route in UI_ROUTES:  # the dashboard checks its sessions
         return await handler(request)
     request.app[READINESS_KEY].check_started()  # tokens are not loaded before

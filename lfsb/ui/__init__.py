@@ -3,6 +3,6 @@
 Mounted by the server (``lfsb.server.app``); imports only ``store`` and below.
 """
 
-from .views import UI_PREFIX, UI_ROUTES, create_ui_app
+from .views import UI_PREFIX, UI_ROUTES, create_ui_app, route_key
 
-__all__ = ["UI_PREFIX", "UI_ROUTES", "create_ui_app"]
+__all__ = ["UI_PREFIX", "UI_ROUTES", "create_ui_app", "route_key"]

@@ -83,7 +83,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # -- sessions and errors ----------------------------------------------------------------------------
 def route_key(request: web.Request) -> Route | None:
-    """(method, canonical path) of the dashboard route a request matched; None for none."""
+    """(method, canonical path) of the route a request matched (``DELETE /db/`` is ``DELETE /db``);
+    None when it matched none (a 404 or 405 follows, which tells nothing about clusters). The JSON
+    API's auth middleware uses it too."""
     if request.match_info.http_exception is not None:
         return None
     path = request.match_info.route.resource.canonical  # type: ignore[union-attr]
