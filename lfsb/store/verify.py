@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import math
 import os
@@ -50,6 +51,9 @@ INTEGRITY_ERRORS = 10
 """Problems ``PRAGMA integrity_check`` reports at most (the first ones say enough)."""
 MAX_SLEEP = 60.0
 BUSY_RETRY = 5.0
+RESCAN = 600.0
+"""Seconds between two scans of every database for the schedule (at most the interval): between them the
+checker sleeps until the next check is due, so an idle server with 100,000 databases stays idle."""
 """Seconds before checks that found no temp space (``LFSB_DISK_RESERVE``) are tried again."""
 
 
@@ -179,35 +183,47 @@ class Verifier(Background):
 
     # -- scheduling ---------------------------------------------------------------------------------
     async def run(self) -> None:
+        schedule: list[tuple[float, str, str]] = []  # a heap of (when, cluster, name)
+        scanned, rescan = -math.inf, min(self.interval, RESCAN)
         while True:
-            due, wait = await self.due(time.time())
-            tasks = [asyncio.create_task(self._scheduled(cluster, name)) for cluster, name in due]
-            done = await asyncio.gather(*tasks)
+            now = time.time()
+            if now - scanned >= rescan:  # new databases join at the next scan
+                schedule = await self.schedule()
+                heapq.heapify(schedule)
+                scanned = now
+            due = []
+            while schedule and schedule[0][0] <= now:
+                due.append(heapq.heappop(schedule)[1:])
+            done = await asyncio.gather(*(self._scheduled(cluster, name) for cluster, name in due))
             self.scheduled_runs += 1
+            for (cluster, name), ran in zip(due, done, strict=True):
+                # Next time at its slot; or, when it could not run (no temp space now), again shortly.
+                phase = slot_phase(cluster, name, self.interval)
+                at = next_slot(now, phase, self.interval) if ran else now + BUSY_RETRY
+                heapq.heappush(schedule, (at, cluster, name))
             if not due:
-                await asyncio.sleep(min(wait, MAX_SLEEP))
-            elif not all(done):
-                await asyncio.sleep(BUSY_RETRY)
+                next_at = schedule[0][0] if schedule else math.inf
+                await asyncio.sleep(max(0.0, min(next_at - now, scanned + rescan - now, MAX_SLEEP)))
 
-    async def due(self, now: float) -> tuple[list[tuple[str, str]], float]:
-        """The databases whose scheduled check is due at ``now``, and seconds until the next one is."""
+    async def schedule(self) -> list[tuple[float, str, str]]:
+        """When each database's next scheduled check falls: (time, cluster, name). One scan of the
+        databases, made once per ``RESCAN`` seconds, not at every check."""
         rows = await self.store.meta.read(
             lambda c: c.execute(
                 "SELECT d.cluster, d.name, (SELECT MAX(checked_at) FROM restore_checks"
                 " WHERE db_id = d.id AND scheduled = 1) FROM databases d"
                 " WHERE d.deleted_at IS NULL AND EXISTS (SELECT 1 FROM remote_files WHERE db_id = d.id)"
-                " ORDER BY d.cluster, d.name"
             ).fetchall()
         )
-        due, wait = [], self.interval
-        for cluster, name, last in rows:
-            after = last / 1000 if last is not None else self._started
-            at = next_slot(after, slot_phase(cluster, name, self.interval), self.interval)
-            if at <= now:
-                due.append((cluster, name))
-            else:
-                wait = min(wait, at - now)
-        return due, wait
+        return [
+            (
+                next_slot(last / 1000 if last is not None else self._started,
+                          slot_phase(cluster, name, self.interval), self.interval),
+                cluster,
+                name,
+            )
+            for cluster, name, last in rows
+        ]  # fmt: skip
 
     async def _scheduled(self, cluster: str, name: str) -> bool:
         """One scheduled check; False when it could not run now (no temp space: retried soon)."""
