@@ -19,7 +19,7 @@ import os
 import re
 import shutil
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 from ..errors import Kind, LfsbError, not_found_db
@@ -238,18 +238,25 @@ async def finish_moves(store: Store) -> None:
         log.info("interrupted move finished cluster=%s database=%s from=%s", cluster, name, old)
 
 
+def copies_by_name(names: Iterable[str]) -> dict[str, list[str]]:
+    """The deleted copies among ``names`` (a cluster's), by the name they were deleted under."""
+    copies: dict[str, list[str]] = {}
+    for name in names:
+        if (parsed := parse_deleted_name(name)) is not None:
+            copies.setdefault(parsed[0], []).append(name)
+    return copies
+
+
 async def leftover_of_delete(
-    store: Store, cluster: str, name: str, listing: dict[str, list[FileInfo]]
+    store: Store, cluster: str, name: str, listing: dict[str, list[FileInfo]], copies: list[str]
 ) -> bool:
     """Recovery from storage alone: whether the objects of live ``name`` (in ``listing``, the cluster's)
-    are all copies held by a deleted copy of it (a delete interrupted between its copy and the removal of
-    the originals). They are then removed, so the deleted database stays deleted."""
+    are all copies held by one of its deleted ``copies`` (a delete interrupted between its copy and the
+    removal of the originals). They are then removed, so the deleted database stays deleted."""
     infos = listing[name]
     keys = {(i.level, i.min_txid, i.max_txid) for i in infos}
-    for sibling, sibling_infos in listing.items():
-        if (parse_deleted_name(sibling) or ("",))[0] != name:
-            continue
-        if keys <= {(i.level, i.min_txid, i.max_txid) for i in sibling_infos}:
+    for sibling in copies:
+        if keys <= {(i.level, i.min_txid, i.max_txid) for i in listing[sibling]}:
             await store.objects.delete(infos)
             log.info("interrupted delete finished cluster=%s database=%s copy=%s", cluster, name, sibling)
             return True

@@ -21,7 +21,7 @@ from ..faults import crash_point
 from ..ltx import Decoder, frame_checksum
 from ..storage import FileInfo
 from .db import now_ms
-from .deletion import finish_moves, leftover_of_delete, parse_deleted_name
+from .deletion import copies_by_name, finish_moves, leftover_of_delete, parse_deleted_name
 from .ingest import find_database
 from .plan import snapshot_plan
 from .records import DATABASE_COLUMNS, Database, LTXFile
@@ -119,15 +119,16 @@ async def _reconcile(store: Store, db: Database, infos: list[FileInfo]) -> None:
 
 
 async def _recover_database(
-    store: Store, cluster: str, name: str, listing: dict[str, list[FileInfo]]
+    store: Store, cluster: str, name: str, listing: dict[str, list[FileInfo]], copies: dict[str, list[str]]
 ) -> bool:
     """Rebuild or reconcile one database from its files in ``listing`` (its cluster's, level 0 never
-    in storage); False when it is not recovered as a live or deleted database."""
+    in storage; ``copies``: its deleted copies by name); False when it is not recovered as a live or
+    deleted database."""
     infos = [i for i in listing[name] if i.level > 0]
     if not infos:
         return False
     local = await store.meta.read(lambda c: find_database(c, cluster, name))
-    if local is None and await leftover_of_delete(store, cluster, name, listing):
+    if local is None and await leftover_of_delete(store, cluster, name, listing, copies.get(name, [])):
         return False
     if local is None or local.txid < max(i.max_txid for i in infos):
         await _rebuild(store, cluster, name, infos)
@@ -243,11 +244,14 @@ async def recover(store: Store, readiness: Readiness, full: bool) -> None:
     sem = asyncio.Semaphore(RECOVERY_CONCURRENCY)
     for cluster in sorted(readiness.pending or ()):
         listing = await store.objects.list_cluster(cluster) if cluster in clusters else {}
+        copies = copies_by_name(listing)  # once per cluster, not once per database
 
-        async def _one(name: str, cluster: str = cluster, listing: dict = listing) -> None:
+        async def _one(
+            name: str, cluster: str = cluster, listing: dict = listing, copies: dict = copies
+        ) -> None:
             async with sem:
                 try:
-                    readiness.databases += await _recover_database(store, cluster, name, listing)
+                    readiness.databases += await _recover_database(store, cluster, name, listing, copies)
                 except Exception:
                     log.exception(
                         "cannot recover database from storage cluster=%s database=%s", cluster, name
