@@ -326,6 +326,42 @@ async def test_local_check_not_writable(tmp_path: Path) -> None:
         await LocalStore(tmp_path / "file" / "objects").check()
 
 
+async def test_local_download_links_the_object(tmp_path: Path) -> None:
+    """A download on the same file system is a hard link: nothing written, and still readable (and
+    removable) whatever happens to the object meanwhile."""
+    store = LocalStore(tmp_path / "objects")
+    data = os.urandom(3 * MiB)
+    info = await upload(store, tmp_path, "c/db/1/0000000000000001-0000000000000001.ltx", data)
+    dest = tmp_path / "tmp" / "download"
+    await store.download(info, dest)
+    assert os.path.samefile(dest, store.root / info.key)
+    assert os.listdir(dest.parent) == ["download"]  # no temp link left behind
+    await store.delete([info])
+    assert dest.read_bytes() == data
+    dest.unlink()
+    with pytest.raises(NotFound):
+        await store.download(info, dest)
+    assert os.listdir(dest.parent) == []
+
+
+async def test_local_download_copies_across_file_systems(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalStore(tmp_path / "objects")
+    data = os.urandom(3 * MiB + 5)
+    info = await upload(store, tmp_path, "c/db/1/0000000000000001-0000000000000001.ltx", data)
+
+    def cross_device(src: object, dst: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+    dest = tmp_path / "tmp" / "download"
+    await store.download(info, dest)
+    assert not os.path.samefile(dest, store.root / info.key)
+    assert dest.read_bytes() == data
+    assert os.listdir(dest.parent) == ["download"]
+
+
 def new_files(root: Path) -> list[Path]:
     """Two new files in one directory and one in another, below ``root``."""
     paths = [root / "a" / "1.ltx", root / "a" / "2.ltx", root / "b" / "1.ltx"]

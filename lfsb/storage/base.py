@@ -229,7 +229,9 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     async def download(self, info: FileInfo, dest: Path) -> None:
-        """Write the object to ``dest`` (through a temp file in the same directory and a rename)."""
+        """Write the object to ``dest`` (through a temp file in the same directory and a rename), leaving
+        little dirty in the page cache. ``dest`` may share its data with the object (the local store links
+        it where it can): only read it, and remove it with an unlink."""
 
     @abc.abstractmethod
     async def metadata(self, info: FileInfo) -> FileMetadata:

@@ -322,12 +322,27 @@ class LocalStore(ObjectStore):
         return info
 
     def _download_sync(self, key: str, dest: Path) -> None:
+        # A hard link where the object and dest share a file system: no bytes written, so a check or scrub
+        # leaves nothing for ingestion's next syncfs to write out (and a removed object stays readable).
+        src = self.root / key
+        with self._dirs_lock:
+            make_dirs(dest.parent)
+        tmp = dest.parent / f".{dest.name}.{os.urandom(6).hex()}.tmp"
         try:
-            fsrc = (self.root / key).open("rb")
+            os.link(src, tmp)
         except FileNotFoundError:
+            if src.exists():
+                raise
             raise NotFound(f"{self}: {key} not found") from None
-        with fsrc:
-            self._write_atomic(dest, lambda f: shutil.copyfileobj(fsrc, f, CHUNK_SIZE))
+        except OSError:  # another file system, or no links there: copy
+            try:
+                fsrc = src.open("rb")
+            except FileNotFoundError:
+                raise NotFound(f"{self}: {key} not found") from None
+            with fsrc:
+                self._write_atomic(dest, lambda f: shutil.copyfileobj(fsrc, WriteBehind(f), CHUNK_SIZE))
+        else:
+            os.replace(tmp, dest)
         fsync_dir(dest.parent)
 
     async def download(self, info: FileInfo, dest: Path) -> None:

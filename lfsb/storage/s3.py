@@ -51,6 +51,7 @@ from .base import (
     parse_level,
     parse_object_key,
 )
+from .local import WriteBehind
 
 log = logging.getLogger(__name__)
 
@@ -406,7 +407,8 @@ class S3Store(ObjectStore):
                 tempfile.mkstemp, dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"
             )
             try:
-                with os.fdopen(fd, "wb") as out:
+                with os.fdopen(fd, "wb") as raw:
+                    out = WriteBehind(raw)  # flushed as it comes: no burst of dirty pages at the end
                     async with resp["Body"] as body:
                         buf = bytearray()
                         while chunk := await body.read(DOWNLOAD_CHUNK_SIZE):
@@ -482,8 +484,7 @@ def _file_infos(objects: list[dict[str, Any]]) -> list[FileInfo]:
     return infos
 
 
-def _finish(out: BinaryIO, tail: bytes) -> None:
-    """Write the last buffered bytes and fsync (in a worker thread)."""
+def _finish(out: WriteBehind, tail: bytes) -> None:
+    """Write the last buffered bytes and flush them to disk (in a worker thread)."""
     out.write(tail)
     out.flush()
-    os.fsync(out.fileno())
