@@ -35,14 +35,15 @@ RECOVERY_CONCURRENCY = 16
 """Databases recovered at once."""
 
 
-async def _describe(store: Store, infos: list[FileInfo]) -> list[LTXFile]:
-    """Index entries for listed files (one metadata request each, 32 at a time)."""
+async def _describe(store: Store, infos: list[FileInfo]) -> list[tuple[LTXFile, int]]:
+    """Index entries for listed files, each with its page size (one metadata request each, 32 at a
+    time)."""
     sem = asyncio.Semaphore(METADATA_CONCURRENCY)
 
-    async def _one(info: FileInfo) -> LTXFile:
+    async def _one(info: FileInfo) -> tuple[LTXFile, int]:
         async with sem:
             meta = await store.objects.metadata(info)
-        return LTXFile(
+        entry = LTXFile(
             info.level,
             info.min_txid,
             info.max_txid,
@@ -53,15 +54,16 @@ async def _describe(store: Store, infos: list[FileInfo]) -> list[LTXFile]:
             info.size,
             int(info.created_at.timestamp() * 1000),
         )
+        return entry, meta.page_size
 
     return list(await asyncio.gather(*(_one(i) for i in infos)))
 
 
 async def _rebuild(store: Store, cluster: str, name: str, infos: list[FileInfo]) -> None:
     """Replace the local state of (cluster, name) with what storage holds."""
-    files = await _describe(store, infos)
-    last = max(files, key=lambda f: (f.max_txid, f.level))
-    page_size = (await store.objects.metadata(infos[files.index(last)])).page_size
+    described = await _describe(store, infos)
+    files = [f for f, _ in described]
+    last, page_size = max(described, key=lambda d: (d[0].max_txid, d[0].level))
     placeholder = Database(0, cluster, name, page_size, last.commit, last.max_txid, 0, 0, 0)
     plan = snapshot_plan(files, last.max_txid)
     snapshot = store.temp_path("recover")
@@ -105,7 +107,7 @@ async def _reconcile(store: Store, db: Database, infos: list[FileInfo]) -> None:
     gone = [key for key in indexed if key not in listed]
     if not missing and not gone:
         return
-    added = await _describe(store, missing)
+    added = [f for f, _ in await _describe(store, missing)]
 
     crash_point("recovery.reconcile")
     await store.meta.write(update_index, db, added, gone)
