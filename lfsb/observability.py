@@ -14,6 +14,7 @@ import sentry_sdk
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from .storage import StorageError
 
@@ -27,6 +28,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._db_path: Path | None = None
         r = self.registry
         self.tx_total = Counter("lfsb_tx", "Transactions ingested.", ["cluster"], registry=r)
         self.tx_files = Counter(
@@ -98,16 +100,92 @@ class Metrics:
         self.compaction_failing_since.setdefault(level, time.time())
 
     def add_state_collector(self, db_path: Path) -> None:
-        """Gauges read from the metadata db at scrape time: files, bytes, HWM lag, pending work."""
+        """Gauges read from the metadata db at scrape time: files, bytes, pending work, and the
+        per-database families (HWM lag, last check, last level-1 upload, corrupt objects)."""
         self.registry.register(_StateCollector(db_path, self))
+        self._db_path = db_path
 
-    def render(self) -> bytes:
-        """The Prometheus text exposition (blocking: run it on a worker thread)."""
-        return generate_latest(self.registry)
+    def render(self) -> Iterator[bytes]:
+        """The Prometheus text exposition, in chunks of about 64 KiB (blocking at each step: run it on a
+        worker thread). The per-database families are written straight from the metadata db's rows, so
+        a scrape of 100,000 databases never holds their samples in memory at once."""
+        yield generate_latest(self.registry)
+        if self._db_path is not None:
+            yield from _per_database_text(self._db_path)
+
+
+PER_DATABASE_FAMILIES = (
+    (
+        "lfsb_hwm_lag",
+        "Current TXID minus HWM (TXIDs not yet in storage).",
+        "SELECT cluster, name, txid - hwm FROM databases WHERE deleted_at IS NULL",
+    ),
+    (
+        "lfsb_restore_check_last_success_timestamp_seconds",
+        "When the last restore check that passed ended, per database.",
+        "SELECT * FROM (SELECT d.cluster, d.name, (SELECT MAX(checked_at) / 1000.0 FROM restore_checks"
+        " WHERE db_id = d.id AND ok = 1) AS at FROM databases d WHERE d.deleted_at IS NULL)"
+        " WHERE at IS NOT NULL",
+    ),
+    (
+        "lfsb_restore_check_ok",
+        "1 if the newest restore check of the database passed, 0 if it failed.",
+        "SELECT * FROM (SELECT d.cluster, d.name, (SELECT ok FROM restore_checks WHERE db_id = d.id"
+        " ORDER BY checked_at DESC, id DESC LIMIT 1) AS ok FROM databases d WHERE d.deleted_at IS NULL)"
+        " WHERE ok IS NOT NULL",
+    ),
+    (
+        "lfsb_level1_last_upload_timestamp_seconds",
+        "When the newest level-1 file of the database was uploaded.",
+        "SELECT d.cluster, d.name, MAX(f.created_at) / 1000.0 FROM databases d"
+        " JOIN remote_files f ON f.db_id = d.id AND f.level = 1 WHERE d.deleted_at IS NULL GROUP BY d.id",
+    ),
+    (
+        "lfsb_corrupt_objects",
+        "Objects in storage the scrub found corrupt or missing, per database.",
+        "SELECT d.cluster, d.name, COUNT(f.corrupt) FROM databases d"
+        " LEFT JOIN remote_files f ON f.db_id = d.id WHERE d.deleted_at IS NULL GROUP BY d.id",
+    ),
+)
+"""(name, help, query of (cluster, database, value)) of every gauge with a sample per database."""
+
+CHUNK = 64 * 1024
+
+
+def _label(value: str) -> str:
+    """A label value escaped for the exposition format."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _per_database_text(db_path: Path) -> Iterator[bytes]:
+    """The per-database gauge families as exposition text, in chunks (one read transaction)."""
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5, check_same_thread=False)
+    except sqlite3.Error as e:
+        log.warning("metrics: cannot read the metadata db error=%s", e)
+        return
+    try:
+        conn.execute("BEGIN")
+        for name, help_text, query in PER_DATABASE_FAMILIES:
+            lines = [f"# HELP {name} {help_text}\n# TYPE {name} gauge\n"]
+            size = 0
+            for cluster, database, value in conn.execute(query):
+                labels = f'cluster="{_label(cluster)}",database="{_label(database)}"'
+                line = f"{name}{{{labels}}} {floatToGoString(value)}\n"
+                lines.append(line)
+                size += len(line)
+                if size >= CHUNK:
+                    yield "".join(lines).encode()
+                    lines, size = [], 0
+            yield "".join(lines).encode()
+    except sqlite3.Error as e:
+        log.warning("metrics: cannot read the metadata db error=%s", e)
+    finally:
+        conn.close()
 
 
 class _StateCollector(Collector):
-    """Reads per-level and per-database state from the metadata db on every scrape."""
+    """Reads per-level state from the metadata db on every scrape."""
 
     def __init__(self, db_path: Path, metrics: Metrics) -> None:
         self.db_path = db_path
@@ -116,33 +194,8 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         files = GaugeMetricFamily("lfsb_level_files", "LTX files per level (0 = local L0).", labels=["level"])
         size = GaugeMetricFamily("lfsb_level_bytes", "Bytes of LTX files per level.", labels=["level"])
-        lag = GaugeMetricFamily(
-            "lfsb_hwm_lag",
-            "Current TXID minus HWM (TXIDs not yet in storage).",
-            labels=["cluster", "database"],
-        )
         pending = GaugeMetricFamily(
             "lfsb_compaction_pending", "Databases with work waiting for the next L1 run.", labels=["level"]
-        )
-        checked = GaugeMetricFamily(
-            "lfsb_restore_check_last_success_timestamp_seconds",
-            "When the last restore check that passed ended, per database.",
-            labels=["cluster", "database"],
-        )
-        check_ok = GaugeMetricFamily(
-            "lfsb_restore_check_ok",
-            "1 if the newest restore check of the database passed, 0 if it failed.",
-            labels=["cluster", "database"],
-        )
-        l1 = GaugeMetricFamily(
-            "lfsb_level1_last_upload_timestamp_seconds",
-            "When the newest level-1 file of the database was uploaded.",
-            labels=["cluster", "database"],
-        )
-        corrupt = GaugeMetricFamily(
-            "lfsb_corrupt_objects",
-            "Objects in storage the scrub found corrupt or missing, per database.",
-            labels=["cluster", "database"],
         )
         age = GaugeMetricFamily(
             "lfsb_compaction_last_success_age_seconds",
@@ -162,35 +215,12 @@ class _StateCollector(Collector):
             for level, count, total in rows:
                 files.add_metric([str(level)], count)
                 size.add_metric([str(level)], total)
-            for cluster, name, txid, hwm in conn.execute(
-                "SELECT cluster, name, txid, hwm FROM databases WHERE deleted_at IS NULL"
-            ):
-                lag.add_metric([cluster, name], txid - hwm)
             (waiting,) = conn.execute(
                 "SELECT COUNT(*) FROM databases d WHERE d.deleted_at IS NULL"
                 " AND d.txid > (SELECT COALESCE(MAX(max_txid), 0)"
                 " FROM remote_files WHERE db_id = d.id AND level = 1)"
             ).fetchone()
             pending.add_metric(["1"], waiting)
-            for cluster, name, at, ok in conn.execute(
-                "SELECT d.cluster, d.name, (SELECT MAX(checked_at) FROM restore_checks WHERE db_id = d.id"
-                " AND ok = 1), (SELECT ok FROM restore_checks WHERE db_id = d.id ORDER BY id DESC LIMIT 1)"
-                " FROM databases d"
-            ):
-                if at is not None:
-                    checked.add_metric([cluster, name], at / 1000)
-                if ok is not None:
-                    check_ok.add_metric([cluster, name], ok)
-            for cluster, name, at in conn.execute(
-                "SELECT d.cluster, d.name, MAX(f.created_at) FROM databases d"
-                " JOIN remote_files f ON f.db_id = d.id AND f.level = 1 GROUP BY d.id"
-            ):
-                l1.add_metric([cluster, name], at / 1000)
-            for cluster, name, count in conn.execute(
-                "SELECT d.cluster, d.name, COUNT(f.corrupt) FROM databases d"
-                " LEFT JOIN remote_files f ON f.db_id = d.id GROUP BY d.id"
-            ):
-                corrupt.add_metric([cluster, name], count)
         except sqlite3.Error as e:
             log.warning("metrics: cannot read the metadata db error=%s", e)
         finally:
@@ -198,7 +228,7 @@ class _StateCollector(Collector):
         now = time.time()
         for level, at in sorted(self.metrics.last_success.items()):
             age.add_metric([str(level)], now - at)
-        yield from (files, size, lag, pending, age, checked, check_ok, l1, corrupt)
+        yield from (files, size, pending, age)
 
 
 def init_sentry(dsn: str | None) -> bool:

@@ -279,7 +279,7 @@ async def test_failure_limit(token_server: Server) -> None:
         session.get(server.url + "/pos", headers={"Authorization": read["token"]}) as resp,
     ):
         assert resp.status == 200
-    metrics = server.store.metrics.render().decode()
+    metrics = b"".join(server.store.metrics.render()).decode()
     assert 'lfsb_auth_failures_total{reason="unknown"} 10.0' in metrics
     assert 'lfsb_auth_failures_total{reason="malformed"} 10.0' in metrics
 

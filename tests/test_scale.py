@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import shutil
 import sqlite3
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from lfsb.server import app as server_app
 from lfsb.server.main import Server
@@ -172,3 +174,26 @@ async def test_litefs_writes_across_restarts_with_a_thousand_databases(
         async with Client(server.url) as client:
             status, _, body = await client.request("GET", "/db/snapshot?db=live&format=sqlite")
         assert status == 200 and body == node.db_path.read_bytes()
+
+
+@pytest.mark.parametrize("storage_env", [{}])
+async def test_per_database_state_is_not_kept_and_metrics_stream(server: Server, client: Client) -> None:
+    """After work on 1,500 databases no per-database lock is left in memory, and ``/metrics`` (streamed
+    in chunks from the metadata db) parses, with one sample per database in each per-database family and
+    none for a deleted database."""
+    await create_databases(client, 1500)
+    assert await server.scheduler.run(1) == 1500
+    status, _, _ = await client.request("DELETE", "/db?db=db00007")
+    assert status == 200
+    gc.collect()
+    assert len(server.store._locks) == 0
+
+    status, _, body = await client.request("GET", "/metrics")
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    live = {f"db{i:05d}" for i in range(1500)} - {"db00007"}
+    for name in ("lfsb_hwm_lag", "lfsb_level1_last_upload_timestamp_seconds", "lfsb_corrupt_objects"):
+        samples = families[name].samples
+        assert {s.labels["database"] for s in samples} == live and len(samples) == len(live), name
+    assert {s.value for s in families["lfsb_hwm_lag"].samples} == {0.0}
+    assert families["lfsb_compaction_pending"].samples[0].value == 0

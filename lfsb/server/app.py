@@ -725,10 +725,20 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def metrics(request: web.Request) -> web.Response:
-    """``GET /metrics``: Prometheus text format."""
-    body = await asyncio.to_thread(request.app[STORE_KEY].metrics.render)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+async def metrics(request: web.Request) -> web.StreamResponse:
+    """``GET /metrics``: Prometheus text format, streamed (each chunk made on a worker thread)."""
+    chunks = request.app[STORE_KEY].metrics.render()
+    try:
+        first = await asyncio.to_thread(next, chunks)
+        response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE})
+        await response.prepare(request)
+        await response.write(first)
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        chunks.close()
 
 
 def create_metrics_app(store: Store) -> web.Application:

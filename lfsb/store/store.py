@@ -13,9 +13,8 @@ import sqlite3
 import tempfile
 import threading
 import uuid
-from collections import defaultdict
+import weakref
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -69,12 +68,15 @@ class SnapshotCache:
         self.root = root
         self.limit = limit
         self._entries: collections.OrderedDict[int, tuple[int, Path, int]] = collections.OrderedDict()
-        self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
         self._mutex = threading.Lock()  # the methods below run on worker threads
 
     def lock(self, db_id: int) -> asyncio.Lock:
-        """Held while one database's entry is looked up or built (one build per TXID)."""
-        return self._locks[db_id]
+        """Held while one database's entry is looked up or built (one build per TXID). Kept weakly: it lives
+        while someone holds or waits on it."""
+        if (lock := self._locks.get(db_id)) is None:
+            lock = self._locks[db_id] = asyncio.Lock()
+        return lock
 
     def open(self, db_id: int, txid: int | None = None) -> tuple[int, BinaryIO] | None:
         """The TXID of the entry of ``db_id`` and an open handle on it, if there is one (at ``txid``, when
@@ -121,13 +123,25 @@ class SnapshotCache:
             entry[1].unlink(missing_ok=True)
 
 
-@dataclass
 class _DatabaseLocks:
     """Per-database locks: ``work`` serialises compactions, restores and deletes; ``files`` guards
-    planning and opening files against their deletion."""
+    planning and opening files against their deletion.
 
-    work: asyncio.Lock = field(default_factory=asyncio.Lock)
-    files: asyncio.Lock = field(default_factory=asyncio.Lock)
+    The store keeps them weakly, and each lock refers back to its pair: a pair lives exactly as long as
+    someone holds it, one of its locks, or waits on one (so everyone working on a database shares the
+    same pair), and a database nobody works on costs no memory (100,000 databases)."""
+
+    def __init__(self) -> None:
+        self.work = _PairedLock(self)
+        self.files = _PairedLock(self)
+
+
+class _PairedLock(asyncio.Lock):
+    """An asyncio lock that keeps its :class:`_DatabaseLocks` alive."""
+
+    def __init__(self, pair: _DatabaseLocks) -> None:
+        super().__init__()
+        self.pair = pair
 
 
 def list_files(conn: sqlite3.Connection, db_id: int, corrupt: bool = False) -> list[LTXFile]:
@@ -179,7 +193,9 @@ class Store:
         self.l0_dir = self.data_path / "l0"
         self.snapshots = SnapshotCache(self.data_path / "snapshots", SNAPSHOT_CACHE_BYTES)
         self.meta = MetaDB(self.data_path / "server.db", sync_files=FileSystemSync(self.l0_dir))
-        self._locks: defaultdict[tuple[str, str], _DatabaseLocks] = defaultdict(_DatabaseLocks)
+        self._locks: weakref.WeakValueDictionary[tuple[str, str], _DatabaseLocks] = (
+            weakref.WeakValueDictionary()
+        )
         self.access = Access(
             self.meta, config.auth, config.admin_token, config.loopback, self.metrics.auth_failures
         )
@@ -235,7 +251,9 @@ class Store:
 
     def locks(self, cluster: str, name: str) -> _DatabaseLocks:
         """The locks of one database."""
-        return self._locks[(cluster, name)]
+        if (pair := self._locks.get((cluster, name))) is None:
+            pair = self._locks[(cluster, name)] = _DatabaseLocks()
+        return pair
 
     async def _remove_unreferenced_l0(self) -> None:
         """Remove L0 files that no row refers to (a crash between placing and commit), and directories
