@@ -338,6 +338,7 @@ class LocalStore(ObjectStore):
     def _download_sync(self, key: str, dest: Path) -> None:
         # A hard link where the object and dest share a file system: no bytes written, so a check or scrub
         # leaves nothing for ingestion's next syncfs to write out (and a removed object stays readable).
+        # Downloads are temp files: their directory is not fsynced.
         src = self.root / key
         with self._dirs_lock:
             make_dirs(dest.parent)
@@ -357,7 +358,6 @@ class LocalStore(ObjectStore):
                 self._write_atomic(dest, lambda f: shutil.copyfileobj(fsrc, WriteBehind(f), CHUNK_SIZE))
         else:
             os.replace(tmp, dest)
-        fsync_dir(dest.parent)
 
     async def download(self, info: FileInfo, dest: Path) -> None:
         await self._run(self._download_sync, info.key, Path(dest))
