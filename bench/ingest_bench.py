@@ -320,6 +320,12 @@ class Connection:
         await self.writer.drain()
         status_line, *lines = (await self.reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
         headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines if line)}
+        if headers.get("transfer-encoding") == "chunked":  # a streamed response (/metrics)
+            parts = []
+            while size := int((await self.reader.readuntil(b"\r\n"))[:-2].split(b";")[0], 16):
+                parts.append((await self.reader.readexactly(size + 2))[:-2])
+            await self.reader.readuntil(b"\r\n")  # no trailers
+            return int(status_line.split()[1]), headers, b"".join(parts)
         if "content-length" not in headers:
             raise RuntimeError(f"{method} {target}: response without Content-Length: {headers}")
         return (
