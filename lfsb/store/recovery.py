@@ -253,11 +253,13 @@ async def recover(store: Store, readiness: Readiness, full: bool) -> None:
         ) -> None:
             async with sem:
                 try:
-                    readiness.databases += await _recover_database(store, cluster, name, listing, copies)
+                    recovered = await _recover_database(store, cluster, name, listing, copies)
                 except Exception:
                     log.exception(
                         "cannot recover database from storage cluster=%s database=%s", cluster, name
                     )
+                else:  # not `+= await`: that reads the count before the await, losing the others' updates
+                    readiness.databases += recovered
 
         await asyncio.gather(*(_one(name) for name in sorted(listing)))
         for db in indexed:
