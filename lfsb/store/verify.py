@@ -44,20 +44,20 @@ log = logging.getLogger(__name__)
 
 PIPE_BUFFER = 1024 * 1024
 CHECK_NICENESS = 19
+"""How much lower than the server's the check process's CPU priority is."""
 CHECK_WRITE_RATE = 32 * 2**20
 """Bytes per second a check writes its SQLite file at most (ingestion's syncfs shares the disk: at 64 MiB/s
 its p99 rose by about half)."""
 CHECK_WRITE_CHUNK = 256 * 1024
 """Bytes a check writes out at a time (what an ingestion ``syncfs`` may wait behind)."""
-"""How much lower than the server's the check process's CPU priority is."""
 INTEGRITY_ERRORS = 10
 """Problems ``PRAGMA integrity_check`` reports at most (the first ones say enough)."""
 MAX_SLEEP = 60.0
 BUSY_RETRY = 5.0
+"""Seconds before checks that found no temp space (``LFSB_DISK_RESERVE``) are tried again."""
 RESCAN = 600.0
 """Seconds between two scans of every database for the schedule (at most the interval): between them the
 checker sleeps until the next check is due, so an idle server with 100,000 databases stays idle."""
-"""Seconds before checks that found no temp space (``LFSB_DISK_RESERVE``) are tried again."""
 
 
 def nothing_in_storage() -> LfsbError:
